@@ -1,0 +1,10 @@
+//! The engine-free inference core: manifest, ONNX Runtime sessions, the Helios-Distilled sampler,
+//! prompt embeddings and stream state. Nothing here imports Bevy, so it builds, tests and benches with
+//! `--no-default-features`.
+
+pub mod embedding;
+pub mod manifest;
+pub mod model;
+pub mod runtime;
+pub mod sampler;
+pub mod stream;

@@ -1,0 +1,43 @@
+//! ONNX Runtime through `ort`: finding the library ([`dylib`]), the provider chain ([`provider`]) and
+//! the model's sessions ([`session`]).
+
+pub mod dylib;
+pub mod provider;
+pub mod session;
+
+use std::sync::OnceLock;
+
+pub use dylib::{OrtLibrary, OrtSource};
+pub use provider::{CudaOptions, Provider, ProviderReport, TensorRtOptions};
+pub use session::{GraphSession, OrtModel, RuntimeConfig};
+
+use crate::error::HeliosError;
+
+static ENVIRONMENT: OnceLock<Result<(ort::environment::Environment, OrtLibrary), String>> = OnceLock::new();
+
+/// The process-wide ONNX Runtime environment, created on first use from the located library.
+///
+/// ONNX Runtime allows one environment per process and `ort::init_from` must come before any other
+/// ort call, so this is the only place that touches either.
+pub fn environment() -> Result<ort::environment::Environment, HeliosError> {
+    ENVIRONMENT
+        .get_or_init(|| {
+            let lib = dylib::locate().map_err(|e| e.to_string())?;
+            let env = ort::init_from(&lib.path)
+                .map_err(|e| format!("loading {} failed: {e}", lib.path.display()))?
+                .with_name("bevy_helios")
+                .with_telemetry(false)
+                .build()
+                .map_err(|e| format!("creating the ONNX Runtime environment failed: {e}"))?;
+            tracing::info!("ONNX Runtime from {} ({:?})", lib.path.display(), lib.source);
+            Ok((env, lib))
+        })
+        .as_ref()
+        .map(|(env, _)| env.clone())
+        .map_err(|e| HeliosError::RuntimeUnavailable(e.clone()))
+}
+
+/// Where the ONNX Runtime library in use came from (after [`environment`] succeeded).
+pub fn library() -> Option<OrtLibrary> {
+    ENVIRONMENT.get().and_then(|r| r.as_ref().ok()).map(|(_, lib)| lib.clone())
+}

@@ -1,0 +1,393 @@
+//! ort sessions for a model directory: provider chain, signature checks against the manifest, and
+//! the [`Denoiser`]/[`Decoder`]/[`Encoder`] implementations the sampler drives.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use ndarray::{Array5, ArrayD, Ix5};
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::{Session, SessionInputValue};
+use ort::value::{Tensor, TensorElementType, TensorRef, ValueType};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::environment;
+use super::provider::{Provider, ProviderReport};
+use crate::core::manifest::{DType, GraphSpec, ModelManifest};
+use crate::core::sampler::{Decoder, Denoiser, DenoiserInput};
+use crate::error::HeliosError;
+
+/// How the runtime is set up.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Providers to try, in order; the first that loads the model is used for every graph.
+    pub providers: Vec<Provider>,
+    /// CPU threads per graph (None: ONNX Runtime's default, one per core).
+    pub intra_threads: Option<usize>,
+    /// Check each file's SHA-256 against the manifest before loading (files up to 1 GiB).
+    pub verify_hashes: bool,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self { providers: Provider::default_chain(), intra_threads: None, verify_hashes: true }
+    }
+}
+
+impl RuntimeConfig {
+    /// CPU only.
+    pub fn cpu() -> Self {
+        Self { providers: vec![Provider::Cpu], ..Self::default() }
+    }
+}
+
+/// Files above this are not hashed on load (a 28 GB checkpoint would take a minute).
+const HASH_LIMIT_BYTES: u64 = 1 << 30;
+
+/// Something that can be fed to a graph input.
+pub(crate) enum Feed<'a> {
+    F32View(ndarray::ArrayViewD<'a, f32>),
+    I64(Vec<i64>, Vec<usize>),
+}
+
+/// One loaded graph with its manifest signature.
+pub struct GraphSession {
+    key: String,
+    spec: GraphSpec,
+    session: Session,
+}
+
+impl GraphSession {
+    /// Graph key (`denoiser_stage0`, ...).
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Runs the graph with inputs by name; returns every output as an f32 array.
+    pub(crate) fn run(
+        &mut self,
+        feeds: Vec<(&str, Feed<'_>)>,
+    ) -> Result<BTreeMap<String, ArrayD<f32>>, HeliosError> {
+        let key = self.key.clone();
+        let err = |e: ort::Error| HeliosError::inference(&key, e);
+        let mut inputs: Vec<(std::borrow::Cow<'_, str>, SessionInputValue<'_>)> = Vec::new();
+        for (name, feed) in feeds {
+            let spec = self.spec.inputs.iter().find(|t| t.name == name).ok_or_else(|| {
+                HeliosError::ManifestMismatch { graph: key.clone(), reason: format!("no input `{name}`") }
+            })?;
+            let shape: Vec<usize> = match &feed {
+                Feed::F32View(a) => a.shape().to_vec(),
+                Feed::I64(_, s) => s.clone(),
+            };
+            if shape != spec.shape {
+                return Err(HeliosError::ShapeMismatch {
+                    what: format!("input `{name}` of `{key}`"),
+                    expected: spec.shape.clone(),
+                    actual: shape,
+                });
+            }
+            let value: SessionInputValue<'_> = match feed {
+                Feed::F32View(a) => TensorRef::from_array_view(a).map_err(err)?.into(),
+                Feed::I64(v, s) => Tensor::from_array((s, v)).map_err(err)?.into(),
+            };
+            inputs.push((name.into(), value));
+        }
+        let outputs = self.session.run(inputs).map_err(err)?;
+        let mut out = BTreeMap::new();
+        for spec in &self.spec.outputs {
+            let value = outputs.get(spec.name.as_str()).ok_or_else(|| HeliosError::ManifestMismatch {
+                graph: key.clone(),
+                reason: format!("output `{}` missing at run time", spec.name),
+            })?;
+            let arr = value.try_extract_array::<f32>().map_err(err)?.to_owned();
+            let bad = arr.iter().filter(|v| !v.is_finite()).count();
+            if bad > 0 {
+                return Err(HeliosError::NonFinite { graph: key.clone(), count: bad });
+            }
+            out.insert(spec.name.clone(), arr);
+        }
+        Ok(out)
+    }
+}
+
+fn to5(key: &str, name: &str, a: ArrayD<f32>) -> Result<Array5<f32>, HeliosError> {
+    let shape = a.shape().to_vec();
+    a.into_dimensionality::<Ix5>().map_err(|_| HeliosError::ShapeMismatch {
+        what: format!("output `{name}` of `{key}`"),
+        expected: vec![0; 5],
+        actual: shape,
+    })
+}
+
+fn element_type(dtype: DType) -> TensorElementType {
+    match dtype {
+        DType::F32 => TensorElementType::Float32,
+        DType::Bf16 => TensorElementType::Bfloat16,
+        DType::F16 => TensorElementType::Float16,
+        DType::I64 => TensorElementType::Int64,
+    }
+}
+
+/// Checks a loaded session's inputs/outputs against the manifest (names, static shapes, dtypes).
+fn check_signature(key: &str, session: &Session, spec: &GraphSpec) -> Result<(), HeliosError> {
+    let mismatch = |reason: String| HeliosError::ManifestMismatch { graph: key.to_string(), reason };
+    let sides = [("input", session.inputs(), &spec.inputs), ("output", session.outputs(), &spec.outputs)];
+    for (side, actual, declared) in sides {
+        if actual.len() != declared.len() {
+            return Err(mismatch(format!(
+                "{} {side}s in the graph, {} in the manifest",
+                actual.len(),
+                declared.len()
+            )));
+        }
+        for want in declared {
+            let Some(have) = actual.iter().find(|o| o.name() == want.name) else {
+                return Err(mismatch(format!("the graph has no {side} `{}`", want.name)));
+            };
+            let ValueType::Tensor { ty, shape, .. } = have.dtype() else {
+                return Err(mismatch(format!("{side} `{}` is not a tensor", want.name)));
+            };
+            if *ty != element_type(want.dtype) {
+                return Err(mismatch(format!(
+                    "{side} `{}` is {ty:?} in the graph, {:?} in the manifest",
+                    want.name, want.dtype
+                )));
+            }
+            let dims: Vec<i64> = shape.iter().copied().collect();
+            let ok = dims.len() == want.shape.len()
+                && dims.iter().zip(&want.shape).all(|(d, w)| *d < 0 || *d as usize == *w);
+            if !ok {
+                return Err(mismatch(format!(
+                    "{side} `{}` has shape {dims:?} in the graph, {:?} in the manifest",
+                    want.name, want.shape
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn sha256_file(path: &Path) -> Result<String, HeliosError> {
+    let mut file = std::fs::File::open(path)
+        .map_err(|source| HeliosError::ModelMissing { path: path.to_path_buf(), source })?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(|source| HeliosError::Io { path: path.to_path_buf(), source })?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Checks a file exists and (if asked and small enough) that its hash matches.
+pub(crate) fn check_file(path: &Path, sha256: &str, verify: bool) -> Result<(), HeliosError> {
+    let meta = std::fs::metadata(path)
+        .map_err(|source| HeliosError::ModelMissing { path: path.to_path_buf(), source })?;
+    if verify && !sha256.is_empty() && meta.len() <= HASH_LIMIT_BYTES {
+        let actual = sha256_file(path)?;
+        if !actual.eq_ignore_ascii_case(sha256) {
+            return Err(HeliosError::ModelCorrupt {
+                path: path.to_path_buf(),
+                reason: format!("SHA-256 {actual} differs from the manifest's {sha256}"),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn build_session(
+    path: &Path,
+    provider: &Provider,
+    config: &RuntimeConfig,
+) -> Result<Session, (bool, String)> {
+    // (true, ..) = the provider itself failed; (false, ..) = the model failed on a working provider.
+    let env = environment().map_err(|e| (true, e.to_string()))?;
+    let mut builder = Session::builder(&env).map_err(|e| (true, e.to_string()))?;
+    builder = builder
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(|e| (true, e.to_string()))?;
+    if let Some(n) = config.intra_threads {
+        builder = builder.with_intra_threads(n).map_err(|e| (true, e.to_string()))?;
+    }
+    if let Some(dispatch) = provider.dispatch() {
+        builder = builder.with_execution_providers([dispatch]).map_err(|e| (true, e.to_string()))?;
+    }
+    builder.commit_from_file(path).map_err(|e| {
+        let msg = e.to_string();
+        // Provider libraries load lazily at commit: classify their failures as provider failures.
+        let provider_fault = msg.contains("Failed to load library")
+            || msg.contains("execution provider")
+            || msg.contains("ExecutionProvider");
+        (provider_fault && !matches!(provider, Provider::Cpu), msg)
+    })
+}
+
+/// All sessions of a model directory, on one provider.
+pub struct OrtModel {
+    dir: PathBuf,
+    manifest: ModelManifest,
+    denoisers: Vec<GraphSession>,
+    decoder: GraphSession,
+    extra: BTreeMap<String, GraphSession>,
+    report: ProviderReport,
+}
+
+impl OrtModel {
+    /// Loads every graph of `dir` (manifest already parsed), walking the provider chain.
+    pub fn load(dir: &Path, manifest: &ModelManifest, config: &RuntimeConfig) -> Result<Self, HeliosError> {
+        if config.providers.is_empty() {
+            return Err(HeliosError::NoProvider("the provider list is empty".into()));
+        }
+        for (key, g) in &manifest.graphs {
+            check_file(&dir.join(&g.file), &g.sha256, config.verify_hashes).map_err(|e| match e {
+                HeliosError::ModelMissing { path, source } => HeliosError::ModelMissing { path, source },
+                other => {
+                    tracing::error!("graph `{key}`: {other}");
+                    other
+                }
+            })?;
+        }
+        let mut skipped = Vec::new();
+        for provider in &config.providers {
+            match Self::load_on(dir, manifest, provider, config) {
+                Ok(mut model) => {
+                    model.report = ProviderReport { active: provider.name().into(), skipped };
+                    tracing::info!("helios model `{}` loaded on {}", manifest.name, model.report);
+                    return Ok(model);
+                }
+                Err(LoadFailure::Provider(reason)) => {
+                    tracing::warn!("{} provider unavailable, trying the next: {reason}", provider.name());
+                    skipped.push((provider.name().to_string(), reason));
+                }
+                Err(LoadFailure::Model(e)) => return Err(e),
+            }
+        }
+        Err(HeliosError::NoProvider(
+            skipped.iter().map(|(n, r)| format!("{n}: {r}")).collect::<Vec<_>>().join("; "),
+        ))
+    }
+
+    fn load_on(
+        dir: &Path,
+        manifest: &ModelManifest,
+        provider: &Provider,
+        config: &RuntimeConfig,
+    ) -> Result<Self, LoadFailure> {
+        let open = |key: &str| -> Result<GraphSession, LoadFailure> {
+            let spec = manifest.graphs.get(key).cloned().ok_or_else(|| {
+                LoadFailure::Model(HeliosError::ManifestInvalid {
+                    path: dir.join("manifest.ron"),
+                    reason: format!("graph `{key}` is missing"),
+                })
+            })?;
+            let path = dir.join(&spec.file);
+            let session = build_session(&path, provider, config).map_err(|(provider_fault, reason)| {
+                if provider_fault {
+                    LoadFailure::Provider(reason)
+                } else {
+                    LoadFailure::Model(HeliosError::ModelCorrupt { path: path.clone(), reason })
+                }
+            })?;
+            check_signature(key, &session, &spec).map_err(LoadFailure::Model)?;
+            Ok(GraphSession { key: key.to_string(), spec, session })
+        };
+        let mut denoisers = Vec::new();
+        for s in 0..manifest.scheduler.stages {
+            denoisers.push(open(&ModelManifest::denoiser_key(s))?);
+        }
+        let decoder = open("vae_decoder")?;
+        let mut extra = BTreeMap::new();
+        for key in ["vae_encoder_image", "vae_encoder_clip"] {
+            if manifest.graphs.contains_key(key) {
+                extra.insert(key.to_string(), open(key)?);
+            }
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            manifest: manifest.clone(),
+            denoisers,
+            decoder,
+            extra,
+            report: ProviderReport { active: provider.name().into(), skipped: Vec::new() },
+        })
+    }
+
+    /// Which provider runs the model and what was skipped.
+    pub fn provider(&self) -> &ProviderReport {
+        &self.report
+    }
+
+    /// The model directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Opens an additional graph of the manifest (e.g. the GPU helper graphs) on the CPU provider.
+    pub fn open_extra(&mut self, key: &str) -> Result<&mut GraphSession, HeliosError> {
+        if !self.extra.contains_key(key) {
+            let spec = self.manifest.graphs.get(key).cloned().ok_or_else(|| HeliosError::ManifestInvalid {
+                path: self.dir.join("manifest.ron"),
+                reason: format!("graph `{key}` is missing"),
+            })?;
+            let path = self.dir.join(&spec.file);
+            let session = build_session(&path, &Provider::Cpu, &RuntimeConfig::cpu())
+                .map_err(|(_, reason)| HeliosError::ModelCorrupt { path: path.clone(), reason })?;
+            check_signature(key, &session, &spec)?;
+            self.extra.insert(key.to_string(), GraphSession { key: key.to_string(), spec, session });
+        }
+        Ok(self.extra.get_mut(key).expect("inserted above"))
+    }
+
+    /// Encodes frames `[1, 3, T, H, W]` in [-1, 1] with `vae_encoder_image` (T = 1) or
+    /// `vae_encoder_clip` (T = 33); returns the posterior (mean, logvar).
+    pub fn encode(&mut self, video: &Array5<f32>) -> Result<(Array5<f32>, Array5<f32>), HeliosError> {
+        let key = if video.dim().2 == 1 { "vae_encoder_image" } else { "vae_encoder_clip" };
+        let session = self.extra.get_mut(key).ok_or_else(|| {
+            HeliosError::InvalidInput(format!("model `{}` has no `{key}` graph (image conditioning)", self.manifest.name))
+        })?;
+        let mut out = session.run(vec![("video", Feed::F32View(video.view().into_dyn()))])?;
+        let mean = to5(key, "mean", out.remove("mean").unwrap_or_default())?;
+        let logvar = to5(key, "logvar", out.remove("logvar").unwrap_or_default())?;
+        Ok((mean, logvar))
+    }
+
+    /// Whether image conditioning graphs are present.
+    pub fn has_encoder(&self) -> bool {
+        self.extra.contains_key("vae_encoder_image") && self.extra.contains_key("vae_encoder_clip")
+    }
+}
+
+enum LoadFailure {
+    Provider(String),
+    Model(HeliosError),
+}
+
+impl Denoiser for OrtModel {
+    fn velocity(&mut self, input: &DenoiserInput<'_>) -> Result<Array5<f32>, HeliosError> {
+        let session = self.denoisers.get_mut(input.stage).ok_or_else(|| {
+            HeliosError::InvalidInput(format!("no denoiser for stage {}", input.stage))
+        })?;
+        let key = session.key.clone();
+        let mut out = session.run(vec![
+            ("hidden_states", Feed::F32View(input.sample.view().into_dyn())),
+            ("timestep", Feed::I64(vec![input.timestep], vec![1])),
+            ("encoder_hidden_states", Feed::F32View(input.text.view().into_dyn())),
+            ("latents_history_short", Feed::F32View(input.history.short.view().into_dyn())),
+            ("latents_history_mid", Feed::F32View(input.history.mid.view().into_dyn())),
+            ("latents_history_long", Feed::F32View(input.history.long.view().into_dyn())),
+        ])?;
+        to5(&key, "velocity", out.remove("velocity").unwrap_or_default())
+    }
+}
+
+impl Decoder for OrtModel {
+    fn decode(&mut self, latents: &Array5<f32>) -> Result<Array5<f32>, HeliosError> {
+        let mut out = self.decoder.run(vec![("latents", Feed::F32View(latents.view().into_dyn()))])?;
+        to5("vae_decoder", "video", out.remove("video").unwrap_or_default())
+    }
+}

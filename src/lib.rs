@@ -1,0 +1,42 @@
+//! # bevy_helios
+//!
+//! Real-time generative video inside a Bevy game: the Helios video diffusion model (autoregressive
+//! 33-frame chunks, multi-term history memory, pyramid DMD-distilled sampler) exported to ONNX and run
+//! through ONNX Runtime (`ort`) on TensorRT, CUDA or the CPU.
+//!
+//! ## How it works
+//! The inference core ([`core`]) needs no engine:
+//! [`core::manifest`] describes an exported model directory, [`core::runtime`] finds ONNX Runtime and
+//! opens the graphs on the first provider that works, [`core::sampler`] runs the Helios-Distilled loop
+//! (pyramid stages, DMD updates, block-noise renoising, history ring), and [`core::model::HeliosModel`]
+//! turns a [`core::stream::GenerationState`] into decoded RGBA chunks.
+//!
+//! ```no_run
+//! use bevy_helios::prelude::*;
+//! # fn main() -> Result<(), HeliosError> {
+//! let mut model = HeliosModel::load("models/helios-tiny", &RuntimeConfig::default())?;
+//! let mut stream = model.new_stream(&StreamConfig::new(PromptWeights::one("day"), 42))?;
+//! for _ in 0..3 {
+//!     let chunk = model.next_chunk(&mut stream)?; // 33 RGBA frames
+//!     println!("chunk {} on {}: {} frames", chunk.index, model.provider().active, chunk.frames.len());
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! ## Features
+//! - `plugin` (default): the Bevy layer.
+//! - `inspector`: an egui window with per-stream metrics and controls.
+
+pub mod core;
+pub mod error;
+
+pub use error::HeliosError;
+
+/// The types most users need.
+pub mod prelude {
+    pub use crate::core::embedding::PromptWeights;
+    pub use crate::core::model::HeliosModel;
+    pub use crate::core::runtime::{Provider, RuntimeConfig};
+    pub use crate::core::stream::{Chunk, GenerationState, StreamConfig, StreamId};
+    pub use crate::error::HeliosError;
+}
