@@ -104,6 +104,9 @@ pub enum HeliosError {
 impl HeliosError {
     /// Wraps an `ort` error for a graph.
     pub fn inference(graph: &str, err: impl std::fmt::Display) -> Self {
-        Self::Inference { graph: graph.to_string(), reason: err.to_string() }
+        Self::Inference {
+            graph: graph.to_string(),
+            reason: err.to_string(),
+        }
     }
 }

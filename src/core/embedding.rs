@@ -21,8 +21,10 @@ pub struct EmbeddingBank {
 impl EmbeddingBank {
     /// Loads a bank and checks every entry is `[seq_len, dim]` f32.
     pub fn load(path: &Path, seq_len: usize, dim: usize) -> Result<Self, HeliosError> {
-        let bytes = std::fs::read(path)
-            .map_err(|source| HeliosError::ModelMissing { path: path.to_path_buf(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| HeliosError::ModelMissing {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::from_bytes(&bytes, path, seq_len, dim)
     }
 
@@ -33,17 +35,26 @@ impl EmbeddingBank {
         seq_len: usize,
         dim: usize,
     ) -> Result<Self, HeliosError> {
-        let corrupt = |reason: String| HeliosError::ModelCorrupt { path: path.to_path_buf(), reason };
+        let corrupt = |reason: String| HeliosError::ModelCorrupt {
+            path: path.to_path_buf(),
+            reason,
+        };
         let tensors = safetensors::SafeTensors::deserialize(bytes)
             .map_err(|e| corrupt(format!("not a safetensors file: {e}")))?;
         let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
             .map_err(|e| corrupt(format!("bad safetensors header: {e}")))?;
-        let texts: BTreeMap<String, String> =
-            meta.metadata().clone().map(|m| m.into_iter().collect()).unwrap_or_default();
+        let texts: BTreeMap<String, String> = meta
+            .metadata()
+            .clone()
+            .map(|m| m.into_iter().collect())
+            .unwrap_or_default();
         let mut entries = BTreeMap::new();
         for (name, view) in tensors.tensors() {
             if view.dtype() != safetensors::Dtype::F32 {
-                return Err(corrupt(format!("entry `{name}` is {:?}, expected F32", view.dtype())));
+                return Err(corrupt(format!(
+                    "entry `{name}` is {:?}, expected F32",
+                    view.dtype()
+                )));
             }
             let shape = view.shape().to_vec();
             if shape != [seq_len, dim] {
@@ -65,7 +76,12 @@ impl EmbeddingBank {
         if entries.is_empty() {
             return Err(corrupt("the bank has no prompts".into()));
         }
-        Ok(Self { seq_len, dim, entries, texts })
+        Ok(Self {
+            seq_len,
+            dim,
+            entries,
+            texts,
+        })
     }
 
     /// Prompt names, sorted.
@@ -80,10 +96,12 @@ impl EmbeddingBank {
 
     /// One entry.
     pub fn get(&self, name: &str) -> Result<&Array2<f32>, HeliosError> {
-        self.entries.get(name).ok_or_else(|| HeliosError::UnknownPrompt {
-            name: name.to_string(),
-            known: self.names().take(24).collect::<Vec<_>>().join(", "),
-        })
+        self.entries
+            .get(name)
+            .ok_or_else(|| HeliosError::UnknownPrompt {
+                name: name.to_string(),
+                known: self.names().take(24).collect::<Vec<_>>().join(", "),
+            })
     }
 
     /// `[seq_len, dim]`.
@@ -144,7 +162,9 @@ impl PromptWeights {
             out.0.insert(name.to_string(), weight);
         }
         if out.0.is_empty() {
-            return Err(HeliosError::InvalidInput("empty prompt specification".into()));
+            return Err(HeliosError::InvalidInput(
+                "empty prompt specification".into(),
+            ));
         }
         Ok(out)
     }
@@ -169,7 +189,12 @@ pub struct PromptCrossfade {
 impl PromptCrossfade {
     /// Starts with `weights`, no fade.
     pub fn new(weights: PromptWeights, chunks: u32) -> Self {
-        Self { target: weights, from: None, chunks: chunks.max(1), progress: 0 }
+        Self {
+            target: weights,
+            from: None,
+            chunks: chunks.max(1),
+            progress: 0,
+        }
     }
 
     /// Changes the target; the fade starts from what the last chunk used.
@@ -185,7 +210,9 @@ impl PromptCrossfade {
 
     /// Mix the previous chunk ended on, as weights (used to restart a fade mid-way).
     fn current_mix(&self) -> PromptWeights {
-        let Some(from) = &self.from else { return self.target.clone() };
+        let Some(from) = &self.from else {
+            return self.target.clone();
+        };
         let t = (self.progress as f32 / self.chunks as f32).min(1.0);
         mix_weights(from, &self.target, t)
     }
@@ -213,7 +240,8 @@ impl PromptCrossfade {
 
 /// `(1-t)·a + t·b` over normalised weights.
 fn mix_weights(a: &PromptWeights, b: &PromptWeights, t: f32) -> PromptWeights {
-    let norm = |w: &PromptWeights| -> f32 { w.0.values().filter(|v| **v > 0.0).sum::<f32>().max(1e-12) };
+    let norm =
+        |w: &PromptWeights| -> f32 { w.0.values().filter(|v| **v > 0.0).sum::<f32>().max(1e-12) };
     let (na, nb) = (norm(a), norm(b));
     let mut out = BTreeMap::new();
     for (k, v) in &a.0 {
@@ -233,20 +261,34 @@ mod tests {
         let mut entries = BTreeMap::new();
         entries.insert("a".to_string(), Array2::from_elem((2, 3), 1.0f32));
         entries.insert("b".to_string(), Array2::from_elem((2, 3), 3.0f32));
-        EmbeddingBank { seq_len: 2, dim: 3, entries, texts: BTreeMap::new() }
+        EmbeddingBank {
+            seq_len: 2,
+            dim: 3,
+            entries,
+            texts: BTreeMap::new(),
+        }
     }
 
     #[test]
     fn blend_normalises_weights() {
-        let e = bank().blend(&PromptWeights::one("a").with("b", 3.0)).unwrap();
+        let e = bank()
+            .blend(&PromptWeights::one("a").with("b", 3.0))
+            .unwrap();
         assert_eq!(e.shape(), &[1, 2, 3]);
-        assert!((e[[0, 0, 0]] - 2.5).abs() < 1e-6, "0.25·1 + 0.75·3 = 2.5, got {}", e[[0, 0, 0]]);
+        assert!(
+            (e[[0, 0, 0]] - 2.5).abs() < 1e-6,
+            "0.25·1 + 0.75·3 = 2.5, got {}",
+            e[[0, 0, 0]]
+        );
     }
 
     #[test]
     fn unknown_prompt_is_a_typed_error() {
         let err = bank().blend(&PromptWeights::one("zzz")).unwrap_err();
-        assert!(matches!(err, HeliosError::UnknownPrompt { ref name, .. } if name == "zzz"), "{err}");
+        assert!(
+            matches!(err, HeliosError::UnknownPrompt { ref name, .. } if name == "zzz"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -255,16 +297,28 @@ mod tests {
         let mut fade = PromptCrossfade::new(PromptWeights::one("a"), 2);
         assert_eq!(fade.next_embedding(&b).unwrap().1[[0, 0, 0]], 1.0);
         fade.set_target(PromptWeights::one("b"));
-        assert!((fade.next_embedding(&b).unwrap().1[[0, 0, 0]] - 2.0).abs() < 1e-6, "half way");
-        assert!((fade.next_embedding(&b).unwrap().1[[0, 0, 0]] - 3.0).abs() < 1e-6, "arrived");
-        assert!((fade.next_embedding(&b).unwrap().1[[0, 0, 0]] - 3.0).abs() < 1e-6, "stays");
+        assert!(
+            (fade.next_embedding(&b).unwrap().1[[0, 0, 0]] - 2.0).abs() < 1e-6,
+            "half way"
+        );
+        assert!(
+            (fade.next_embedding(&b).unwrap().1[[0, 0, 0]] - 3.0).abs() < 1e-6,
+            "arrived"
+        );
+        assert!(
+            (fade.next_embedding(&b).unwrap().1[[0, 0, 0]] - 3.0).abs() < 1e-6,
+            "stays"
+        );
     }
 
     #[test]
     fn parse_weights() {
         let w = PromptWeights::parse("day=0.7, night=0.3").unwrap();
         assert_eq!(w.0["day"], 0.7);
-        assert_eq!(PromptWeights::parse("dusk").unwrap(), PromptWeights::one("dusk"));
+        assert_eq!(
+            PromptWeights::parse("dusk").unwrap(),
+            PromptWeights::one("dusk")
+        );
         assert!(PromptWeights::parse("day=abc").is_err());
     }
 }

@@ -180,7 +180,9 @@ impl ModelManifest {
                 path: path.clone(),
                 reason: e.to_string(),
             })?;
-        manifest.validate().map_err(|reason| HeliosError::ManifestInvalid { path, reason })?;
+        manifest
+            .validate()
+            .map_err(|reason| HeliosError::ManifestInvalid { path, reason })?;
         Ok(manifest)
     }
 
@@ -248,7 +250,11 @@ impl ModelManifest {
             return Err("dynamic shifting requires shift = 1.0 (as diffusers asserts)".into());
         }
         let unit = self.vae_scale_factor_spatial << s.stages;
-        if self.height == 0 || self.width == 0 || self.height % unit != 0 || self.width % unit != 0 {
+        if self.height == 0
+            || self.width == 0
+            || !self.height.is_multiple_of(unit)
+            || !self.width.is_multiple_of(unit)
+        {
             return Err(format!(
                 "resolution {}x{} must be a positive multiple of {unit} for {} pyramid stages",
                 self.height, self.width, s.stages
@@ -264,7 +270,11 @@ impl ModelManifest {
                 self.latents_std.len()
             ));
         }
-        if self.latents_std.iter().any(|v| !(*v > 0.0)) {
+        if self
+            .latents_std
+            .iter()
+            .any(|v| v.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater))
+        {
             return Err("latents_std must be positive".into());
         }
         if self.history_sizes.len() != 3 || self.history_sizes[2] != 1 {
@@ -289,7 +299,13 @@ impl ModelManifest {
                 return Err(format!("graph `{key}` is missing"));
             };
             let (hs, ws) = self.stage_hw(stage);
-            let want = [1, self.latent_channels, self.latent_frames_per_chunk, hs, ws];
+            let want = [
+                1,
+                self.latent_channels,
+                self.latent_frames_per_chunk,
+                hs,
+                ws,
+            ];
             match g.inputs.iter().find(|t| t.name == "hidden_states") {
                 Some(t) if t.shape == want => {}
                 Some(t) => {
@@ -301,8 +317,7 @@ impl ModelManifest {
                 None => return Err(format!("`{key}` has no input `hidden_states`")),
             }
             match g.inputs.iter().find(|t| t.name == "encoder_hidden_states") {
-                Some(t)
-                    if t.shape == [1, self.embeddings.seq_len, self.embeddings.dim] => {}
+                Some(t) if t.shape == [1, self.embeddings.seq_len, self.embeddings.dim] => {}
                 Some(t) => {
                     return Err(format!(
                         "`{key}` encoder_hidden_states shape {:?} disagrees with embeddings [1, {}, {}]",
@@ -399,7 +414,8 @@ pub(crate) mod tests {
     #[test]
     fn tiny_validates_and_roundtrips() {
         let m = tiny();
-        m.validate().expect("a tiny-shaped manifest should validate");
+        m.validate()
+            .expect("a tiny-shaped manifest should validate");
         let text = ron::ser::to_string_pretty(&m, Default::default()).unwrap();
         let back: ModelManifest = ron::from_str(&text).unwrap();
         assert_eq!(back, m, "manifest should survive a RON round trip");
@@ -418,7 +434,11 @@ pub(crate) mod tests {
         assert!(m.validate().unwrap_err().contains("multiple of 64"));
         let mut m = tiny();
         m.embeddings.dim = 48;
-        assert!(m.validate().unwrap_err().contains("disagrees with embeddings"));
+        assert!(
+            m.validate()
+                .unwrap_err()
+                .contains("disagrees with embeddings")
+        );
         let mut m = tiny();
         m.graphs.remove("denoiser_stage1");
         assert!(m.validate().unwrap_err().contains("denoiser_stage1"));

@@ -37,8 +37,16 @@ impl HeliosModel<OrtModel> {
         let dir = dir.as_ref();
         let manifest = ModelManifest::load(dir)?;
         let bank_path = dir.join(&manifest.embeddings.file);
-        check_file(&bank_path, &manifest.embeddings.sha256, config.verify_hashes)?;
-        let bank = EmbeddingBank::load(&bank_path, manifest.embeddings.seq_len, manifest.embeddings.dim)?;
+        check_file(
+            &bank_path,
+            &manifest.embeddings.sha256,
+            config.verify_hashes,
+        )?;
+        let bank = EmbeddingBank::load(
+            &bank_path,
+            manifest.embeddings.seq_len,
+            manifest.embeddings.dim,
+        )?;
         let nets = OrtModel::load(dir, &manifest, config)?;
         Ok(Self::with_networks(manifest, bank, nets))
     }
@@ -82,13 +90,20 @@ impl HeliosModel<OrtModel> {
                 self.manifest.name
             )));
         }
-        let frame = image_to_video(rgba, width, height, self.manifest.width as u32, self.manifest.height as u32)?;
+        let frame = image_to_video(
+            rgba,
+            width,
+            height,
+            self.manifest.width as u32,
+            self.manifest.height as u32,
+        )?;
         let c = self.manifest.latent_channels;
         let (h, w) = self.manifest.latent_hw();
         let (mean, logvar) = self.nets.encode(&frame)?;
         let image_latents = self.posterior_normalised(&mean, &logvar, noise)?;
         let clip_frames = self.manifest.frames_per_chunk();
-        let clip = frame.broadcast((1, 3, clip_frames, frame.dim().3, frame.dim().4))
+        let clip = frame
+            .broadcast((1, 3, clip_frames, frame.dim().3, frame.dim().4))
             .ok_or_else(|| HeliosError::InvalidInput("image broadcast failed".into()))?
             .to_owned();
         let (cmean, clogvar) = self.nets.encode(&clip)?;
@@ -97,7 +112,8 @@ impl HeliosModel<OrtModel> {
         let image_latents = noised(image_latents, IMAGE_NOISE_SIGMA, noise)?;
         let fake = noised(fake, VIDEO_NOISE_SIGMA, noise)?;
         let mut next = state.clone();
-        next.history.set_anchor(image_latents.index_axis(Axis(0), 0))?;
+        next.history
+            .set_anchor(image_latents.index_axis(Axis(0), 0))?;
         if next.chunk_index == 0 {
             next.history.set_newest(fake.index_axis(Axis(0), 0))?;
         }
@@ -116,11 +132,17 @@ impl HeliosModel<OrtModel> {
         let mut eps = Array5::<f32>::zeros(mean.raw_dim());
         noise.fill(DrawKind::Posterior, eps.as_slice_mut().expect("contiguous"))?;
         let mut z = mean.clone();
-        ndarray::Zip::from(&mut z).and(logvar).and(&eps).for_each(|z, &lv, &e| {
-            *z += (0.5 * lv.clamp(-30.0, 20.0)).exp() * e;
-        });
+        ndarray::Zip::from(&mut z)
+            .and(logvar)
+            .and(&eps)
+            .for_each(|z, &lv, &e| {
+                *z += (0.5 * lv.clamp(-30.0, 20.0)).exp() * e;
+            });
         for (ci, mut ch) in z.axis_iter_mut(Axis(1)).enumerate() {
-            let (m, inv_std) = (self.manifest.latents_mean[ci], 1.0 / self.manifest.latents_std[ci]);
+            let (m, inv_std) = (
+                self.manifest.latents_mean[ci],
+                1.0 / self.manifest.latents_std[ci],
+            );
             ch.mapv_inplace(|v| (v - m) * inv_std);
         }
         Ok(z)
@@ -137,7 +159,10 @@ fn noised(
     noise.fill(DrawKind::Uniform, &mut u)?;
     let sigma = u[0] * (range.1 - range.0) + range.0;
     let mut eps = Array5::<f32>::zeros(x.raw_dim());
-    noise.fill(DrawKind::ConditioningNoise, eps.as_slice_mut().expect("contiguous"))?;
+    noise.fill(
+        DrawKind::ConditioningNoise,
+        eps.as_slice_mut().expect("contiguous"),
+    )?;
     Ok(&eps * sigma + &x * (1.0 - sigma))
 }
 
@@ -159,7 +184,12 @@ pub fn image_to_video(
     let img = if (width, height) == (to_width, to_height) {
         img
     } else {
-        image::imageops::resize(&img, to_width, to_height, image::imageops::FilterType::Lanczos3)
+        image::imageops::resize(
+            &img,
+            to_width,
+            to_height,
+            image::imageops::FilterType::Lanczos3,
+        )
     };
     let (w, h) = (to_width as usize, to_height as usize);
     Ok(Array5::from_shape_fn((1, 3, 1, h, w), |(_, c, _, y, x)| {
@@ -172,9 +202,16 @@ impl<N: Denoiser + Decoder> HeliosModel<N> {
     pub fn with_networks(manifest: ModelManifest, bank: EmbeddingBank, nets: N) -> Self {
         let sampler = Sampler::new(
             &manifest,
-            SamplerOptions { amplify_first_chunk: manifest.amplify_first_chunk },
+            SamplerOptions {
+                amplify_first_chunk: manifest.amplify_first_chunk,
+            },
         );
-        Self { manifest, bank, sampler, nets }
+        Self {
+            manifest,
+            bank,
+            sampler,
+            nets,
+        }
     }
 
     /// The manifest.
@@ -232,7 +269,9 @@ impl<N: Denoiser + Decoder> HeliosModel<N> {
         }
         let fresh = self.new_stream(&StreamConfig::new(state.prompt.target.clone(), state.seed))?;
         if fresh.history.window().dim() != state.history.window().dim() {
-            return Err(HeliosError::InvalidInput("saved history has the wrong shape for this model".into()));
+            return Err(HeliosError::InvalidInput(
+                "saved history has the wrong shape for this model".into(),
+            ));
         }
         Ok(state)
     }
@@ -259,11 +298,23 @@ impl<N: Denoiser + Decoder> HeliosModel<N> {
         let index = state.chunk_index;
         let t0 = Instant::now();
         let _span = tracing::debug_span!("helios_chunk", index).entered();
-        let latents =
-            self.sampler.sample_chunk(index, &text, &mut state.history, &mut self.nets, noise, observer)?;
+        let latents = self.sampler.sample_chunk(
+            index,
+            &text,
+            &mut state.history,
+            &mut self.nets,
+            noise,
+            observer,
+        )?;
         let t1 = Instant::now();
         let video = self.nets.decode(&latents)?;
-        let want = [1, 3, self.manifest.frames_per_chunk(), self.manifest.height, self.manifest.width];
+        let want = [
+            1,
+            3,
+            self.manifest.frames_per_chunk(),
+            self.manifest.height,
+            self.manifest.width,
+        ];
         if video.shape() != want {
             return Err(HeliosError::ShapeMismatch {
                 what: "decoded video".into(),

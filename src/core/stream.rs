@@ -33,13 +33,15 @@ pub struct GenerationState {
 impl GenerationState {
     /// Serialises to RON text.
     pub fn to_ron(&self) -> Result<String, HeliosError> {
-        ron::ser::to_string(self)
-            .map_err(|e| HeliosError::InvalidInput(format!("serialising generation state failed: {e}")))
+        ron::ser::to_string(self).map_err(|e| {
+            HeliosError::InvalidInput(format!("serialising generation state failed: {e}"))
+        })
     }
 
     /// Restores from RON text.
     pub fn from_ron(text: &str) -> Result<Self, HeliosError> {
-        ron::from_str(text).map_err(|e| HeliosError::InvalidInput(format!("generation state does not parse: {e}")))
+        ron::from_str(text)
+            .map_err(|e| HeliosError::InvalidInput(format!("generation state does not parse: {e}")))
     }
 
     /// Sets new prompt weights; the change shows from the next chunk on (crossfaded if configured).
@@ -62,7 +64,11 @@ pub struct StreamConfig {
 impl StreamConfig {
     /// One prompt, a seed, immediate prompt changes.
     pub fn new(prompt: PromptWeights, seed: u64) -> Self {
-        Self { seed, prompt, crossfade_chunks: 1 }
+        Self {
+            seed,
+            prompt,
+            crossfade_chunks: 1,
+        }
     }
 }
 

@@ -28,26 +28,42 @@ impl FixtureTensor {
 }
 
 /// Loads every tensor of a safetensors fixture (F32, F64, I64, U8).
-pub fn load_fixture(path: &Path) -> Result<BTreeMap<String, FixtureTensor>, Box<dyn std::error::Error>> {
-    let bytes = std::fs::read(path).map_err(|e| format!("fixture {} unreadable: {e}", path.display()))?;
+pub fn load_fixture(
+    path: &Path,
+) -> Result<BTreeMap<String, FixtureTensor>, Box<dyn std::error::Error>> {
+    let bytes =
+        std::fs::read(path).map_err(|e| format!("fixture {} unreadable: {e}", path.display()))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)?;
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {
         let data = view.data();
         let values: Vec<f64> = match view.dtype() {
-            safetensors::Dtype::F32 => {
-                data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64).collect()
-            }
-            safetensors::Dtype::F64 => {
-                data.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect()
-            }
-            safetensors::Dtype::I64 => {
-                data.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64).collect()
-            }
+            safetensors::Dtype::F32 => data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64)
+                .collect(),
+            safetensors::Dtype::F64 => data
+                .chunks_exact(8)
+                .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+                .collect(),
+            safetensors::Dtype::I64 => data
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64)
+                .collect(),
             safetensors::Dtype::U8 => data.iter().map(|b| *b as f64).collect(),
-            other => return Err(format!("fixture tensor {name} has unsupported dtype {other:?}").into()),
+            other => {
+                return Err(
+                    format!("fixture tensor {name} has unsupported dtype {other:?}").into(),
+                );
+            }
         };
-        out.insert(name, FixtureTensor { shape: view.shape().to_vec(), values });
+        out.insert(
+            name,
+            FixtureTensor {
+                shape: view.shape().to_vec(),
+                values,
+            },
+        );
     }
     Ok(out)
 }

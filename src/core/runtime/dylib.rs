@@ -66,7 +66,9 @@ fn find_in_dir(dir: &Path) -> Option<PathBuf> {
         .filter(|p| {
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
             (name.starts_with("libonnxruntime.so.") && name.contains(ORT_VERSION_PREFIX))
-                || (name.starts_with("libonnxruntime.") && name.ends_with(".dylib") && name.contains(ORT_VERSION_PREFIX))
+                || (name.starts_with("libonnxruntime.")
+                    && name.ends_with(".dylib")
+                    && name.contains(ORT_VERSION_PREFIX))
         })
         .collect();
     found.sort();
@@ -117,24 +119,46 @@ fn from_python() -> Option<OrtLibrary> {
         tracing::debug!("python onnxruntime {version} ignored: need {ORT_VERSION_PREFIX}x");
         return None;
     }
-    let package = if providers.contains("CUDA") { "onnxruntime-gpu" } else { "onnxruntime" };
-    find_in_dir(&capi)
-        .map(|path| OrtLibrary { path, source: OrtSource::PythonPackage(format!("{package} {version}")) })
+    let package = if providers.contains("CUDA") {
+        "onnxruntime-gpu"
+    } else {
+        "onnxruntime"
+    };
+    find_in_dir(&capi).map(|path| OrtLibrary {
+        path,
+        source: OrtSource::PythonPackage(format!("{package} {version}")),
+    })
 }
 
 /// Downloads the pinned wheel with pip and unpacks its ONNX Runtime libraries into `dest`.
 fn fetch_wheel(dest: &Path) -> Result<PathBuf, HeliosError> {
     let package = flavor();
     let parent = dest.parent().unwrap_or(dest);
-    std::fs::create_dir_all(parent).map_err(|source| HeliosError::Io { path: parent.into(), source })?;
+    std::fs::create_dir_all(parent).map_err(|source| HeliosError::Io {
+        path: parent.into(),
+        source,
+    })?;
     let staging = parent.join(format!(".fetch-{}-{}", package, std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir_all(&staging)
-        .map_err(|source| HeliosError::Io { path: staging.clone(), source })?;
-    tracing::info!("fetching {package}=={ORT_VERSION} from PyPI into {} (once)", dest.display());
+    std::fs::create_dir_all(&staging).map_err(|source| HeliosError::Io {
+        path: staging.clone(),
+        source,
+    })?;
+    tracing::info!(
+        "fetching {package}=={ORT_VERSION} from PyPI into {} (once)",
+        dest.display()
+    );
     let spec = format!("{package}=={ORT_VERSION}");
     let out = Command::new(python())
-        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "-q",
+            "-d",
+        ])
         .arg(&staging)
         .arg(&spec)
         .output()
@@ -184,7 +208,10 @@ fn fetch_wheel(dest: &Path) -> Result<PathBuf, HeliosError> {
         Err(_) if find_in_dir(dest).is_some() => {}
         Err(source) => {
             let _ = std::fs::remove_dir_all(&staging);
-            return Err(HeliosError::Io { path: dest.to_path_buf(), source });
+            return Err(HeliosError::Io {
+                path: dest.to_path_buf(),
+                source,
+            });
         }
     }
     let _ = std::fs::remove_dir_all(&staging);
@@ -200,29 +227,41 @@ pub fn locate() -> Result<OrtLibrary, HeliosError> {
     if let Some(path) = std::env::var_os("ORT_DYLIB_PATH") {
         let path = PathBuf::from(path);
         if path.is_file() {
-            return Ok(OrtLibrary { path, source: OrtSource::EnvVar });
+            return Ok(OrtLibrary {
+                path,
+                source: OrtSource::EnvVar,
+            });
         }
         return Err(HeliosError::RuntimeUnavailable(format!(
             "ORT_DYLIB_PATH={} does not name a file",
             path.display()
         )));
     }
-    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf))
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
         && let Some(path) = find_in_dir(&dir)
     {
-        return Ok(OrtLibrary { path, source: OrtSource::BesideExecutable });
+        return Ok(OrtLibrary {
+            path,
+            source: OrtSource::BesideExecutable,
+        });
     }
     if let Some(lib) = from_python() {
         return Ok(lib);
     }
     let cache = cache_dir().ok_or_else(|| {
         HeliosError::RuntimeUnavailable(
-            "no cache directory (set HELIOS_ORT_CACHE or HOME), and ORT_DYLIB_PATH is not set".into(),
+            "no cache directory (set HELIOS_ORT_CACHE or HOME), and ORT_DYLIB_PATH is not set"
+                .into(),
         )
     })?;
     let dest = cache.join(format!("{}-{ORT_VERSION}", flavor()));
     if let Some(path) = find_in_dir(&dest) {
-        return Ok(OrtLibrary { path, source: OrtSource::Cache });
+        return Ok(OrtLibrary {
+            path,
+            source: OrtSource::Cache,
+        });
     }
     if std::env::var("HELIOS_ORT_NO_DOWNLOAD").is_ok_and(|v| v == "1") {
         return Err(HeliosError::RuntimeUnavailable(format!(
@@ -231,7 +270,10 @@ pub fn locate() -> Result<OrtLibrary, HeliosError> {
             dest.display()
         )));
     }
-    fetch_wheel(&dest).map(|path| OrtLibrary { path, source: OrtSource::Fetched })
+    fetch_wheel(&dest).map(|path| OrtLibrary {
+        path,
+        source: OrtSource::Fetched,
+    })
 }
 
 #[cfg(test)]
@@ -242,7 +284,10 @@ mod tests {
     fn finds_versioned_library_in_a_directory() {
         let dir = std::env::temp_dir().join(format!("helios-dylib-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        assert!(find_in_dir(&dir).is_none(), "an empty directory has no library");
+        assert!(
+            find_in_dir(&dir).is_none(),
+            "an empty directory has no library"
+        );
         let name = if cfg!(target_os = "macos") {
             "libonnxruntime.1.31.0.dylib".to_string()
         } else {

@@ -13,7 +13,8 @@ pub use session::{GraphSession, OrtModel, RuntimeConfig};
 
 use crate::error::HeliosError;
 
-static ENVIRONMENT: OnceLock<Result<(ort::environment::Environment, OrtLibrary), String>> = OnceLock::new();
+static ENVIRONMENT: OnceLock<Result<(ort::environment::Environment, OrtLibrary), String>> =
+    OnceLock::new();
 
 /// The process-wide ONNX Runtime environment, created on first use from the located library.
 ///
@@ -29,7 +30,11 @@ pub fn environment() -> Result<ort::environment::Environment, HeliosError> {
                 .with_telemetry(false)
                 .build()
                 .map_err(|e| format!("creating the ONNX Runtime environment failed: {e}"))?;
-            tracing::info!("ONNX Runtime from {} ({:?})", lib.path.display(), lib.source);
+            tracing::info!(
+                "ONNX Runtime from {} ({:?})",
+                lib.path.display(),
+                lib.source
+            );
             Ok((env, lib))
         })
         .as_ref()
@@ -39,5 +44,8 @@ pub fn environment() -> Result<ort::environment::Environment, HeliosError> {
 
 /// Where the ONNX Runtime library in use came from (after [`environment`] succeeded).
 pub fn library() -> Option<OrtLibrary> {
-    ENVIRONMENT.get().and_then(|r| r.as_ref().ok()).map(|(_, lib)| lib.clone())
+    ENVIRONMENT
+        .get()
+        .and_then(|r| r.as_ref().ok())
+        .map(|(_, lib)| lib.clone())
 }

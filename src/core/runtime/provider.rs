@@ -26,12 +26,19 @@ pub struct TensorRtOptions {
 
 impl Default for TensorRtOptions {
     fn default() -> Self {
-        Self { device_id: 0, fp16: true, bf16: false, cache_dir: None, max_workspace_bytes: None, cuda_graph: false }
+        Self {
+            device_id: 0,
+            fp16: true,
+            bf16: false,
+            cache_dir: None,
+            max_workspace_bytes: None,
+            cuda_graph: false,
+        }
     }
 }
 
 /// CUDA options.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CudaOptions {
     /// CUDA device.
@@ -43,12 +50,6 @@ pub struct CudaOptions {
     pub memory_limit: Option<usize>,
     /// Capture CUDA graphs (static shapes only).
     pub cuda_graph: bool,
-}
-
-impl Default for CudaOptions {
-    fn default() -> Self {
-        Self { device_id: 0, tf32: false, memory_limit: None, cuda_graph: false }
-    }
 }
 
 /// One execution provider of the chain.
@@ -74,7 +75,11 @@ impl Provider {
 
     /// The default chain: TensorRT, CUDA, CPU.
     pub fn default_chain() -> Vec<Provider> {
-        vec![Provider::TensorRt(TensorRtOptions::default()), Provider::Cuda(CudaOptions::default()), Provider::Cpu]
+        vec![
+            Provider::TensorRt(TensorRtOptions::default()),
+            Provider::Cuda(CudaOptions::default()),
+            Provider::Cpu,
+        ]
     }
 
     /// Parses `trt`, `cuda` or `cpu` (command lines, env vars).

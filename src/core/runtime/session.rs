@@ -32,14 +32,21 @@ pub struct RuntimeConfig {
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        Self { providers: Provider::default_chain(), intra_threads: None, verify_hashes: true }
+        Self {
+            providers: Provider::default_chain(),
+            intra_threads: None,
+            verify_hashes: true,
+        }
     }
 }
 
 impl RuntimeConfig {
     /// CPU only.
     pub fn cpu() -> Self {
-        Self { providers: vec![Provider::Cpu], ..Self::default() }
+        Self {
+            providers: vec![Provider::Cpu],
+            ..Self::default()
+        }
     }
 }
 
@@ -65,6 +72,19 @@ impl GraphSession {
         &self.key
     }
 
+    /// Runs a graph whose inputs are all f32, by name; returns every output.
+    pub fn run_f32(
+        &mut self,
+        inputs: &[(&str, ndarray::ArrayViewD<'_, f32>)],
+    ) -> Result<BTreeMap<String, ArrayD<f32>>, HeliosError> {
+        self.run(
+            inputs
+                .iter()
+                .map(|(n, a)| (*n, Feed::F32View(a.clone())))
+                .collect(),
+        )
+    }
+
     /// Runs the graph with inputs by name; returns every output as an f32 array.
     pub(crate) fn run(
         &mut self,
@@ -74,9 +94,15 @@ impl GraphSession {
         let err = |e: ort::Error| HeliosError::inference(&key, e);
         let mut inputs: Vec<(std::borrow::Cow<'_, str>, SessionInputValue<'_>)> = Vec::new();
         for (name, feed) in feeds {
-            let spec = self.spec.inputs.iter().find(|t| t.name == name).ok_or_else(|| {
-                HeliosError::ManifestMismatch { graph: key.clone(), reason: format!("no input `{name}`") }
-            })?;
+            let spec = self
+                .spec
+                .inputs
+                .iter()
+                .find(|t| t.name == name)
+                .ok_or_else(|| HeliosError::ManifestMismatch {
+                    graph: key.clone(),
+                    reason: format!("no input `{name}`"),
+                })?;
             let shape: Vec<usize> = match &feed {
                 Feed::F32View(a) => a.shape().to_vec(),
                 Feed::I64(_, s) => s.clone(),
@@ -97,14 +123,20 @@ impl GraphSession {
         let outputs = self.session.run(inputs).map_err(err)?;
         let mut out = BTreeMap::new();
         for spec in &self.spec.outputs {
-            let value = outputs.get(spec.name.as_str()).ok_or_else(|| HeliosError::ManifestMismatch {
-                graph: key.clone(),
-                reason: format!("output `{}` missing at run time", spec.name),
-            })?;
+            let value =
+                outputs
+                    .get(spec.name.as_str())
+                    .ok_or_else(|| HeliosError::ManifestMismatch {
+                        graph: key.clone(),
+                        reason: format!("output `{}` missing at run time", spec.name),
+                    })?;
             let arr = value.try_extract_array::<f32>().map_err(err)?.to_owned();
             let bad = arr.iter().filter(|v| !v.is_finite()).count();
             if bad > 0 {
-                return Err(HeliosError::NonFinite { graph: key.clone(), count: bad });
+                return Err(HeliosError::NonFinite {
+                    graph: key.clone(),
+                    count: bad,
+                });
             }
             out.insert(spec.name.clone(), arr);
         }
@@ -114,11 +146,12 @@ impl GraphSession {
 
 fn to5(key: &str, name: &str, a: ArrayD<f32>) -> Result<Array5<f32>, HeliosError> {
     let shape = a.shape().to_vec();
-    a.into_dimensionality::<Ix5>().map_err(|_| HeliosError::ShapeMismatch {
-        what: format!("output `{name}` of `{key}`"),
-        expected: vec![0; 5],
-        actual: shape,
-    })
+    a.into_dimensionality::<Ix5>()
+        .map_err(|_| HeliosError::ShapeMismatch {
+            what: format!("output `{name}` of `{key}`"),
+            expected: vec![0; 5],
+            actual: shape,
+        })
 }
 
 fn element_type(dtype: DType) -> TensorElementType {
@@ -132,8 +165,14 @@ fn element_type(dtype: DType) -> TensorElementType {
 
 /// Checks a loaded session's inputs/outputs against the manifest (names, static shapes, dtypes).
 fn check_signature(key: &str, session: &Session, spec: &GraphSpec) -> Result<(), HeliosError> {
-    let mismatch = |reason: String| HeliosError::ManifestMismatch { graph: key.to_string(), reason };
-    let sides = [("input", session.inputs(), &spec.inputs), ("output", session.outputs(), &spec.outputs)];
+    let mismatch = |reason: String| HeliosError::ManifestMismatch {
+        graph: key.to_string(),
+        reason,
+    };
+    let sides = [
+        ("input", session.inputs(), &spec.inputs),
+        ("output", session.outputs(), &spec.outputs),
+    ];
     for (side, actual, declared) in sides {
         if actual.len() != declared.len() {
             return Err(mismatch(format!(
@@ -157,7 +196,10 @@ fn check_signature(key: &str, session: &Session, spec: &GraphSpec) -> Result<(),
             }
             let dims: Vec<i64> = shape.iter().copied().collect();
             let ok = dims.len() == want.shape.len()
-                && dims.iter().zip(&want.shape).all(|(d, w)| *d < 0 || *d as usize == *w);
+                && dims
+                    .iter()
+                    .zip(&want.shape)
+                    .all(|(d, w)| *d < 0 || *d as usize == *w);
             if !ok {
                 return Err(mismatch(format!(
                     "{side} `{}` has shape {dims:?} in the graph, {:?} in the manifest",
@@ -170,24 +212,35 @@ fn check_signature(key: &str, session: &Session, spec: &GraphSpec) -> Result<(),
 }
 
 fn sha256_file(path: &Path) -> Result<String, HeliosError> {
-    let mut file = std::fs::File::open(path)
-        .map_err(|source| HeliosError::ModelMissing { path: path.to_path_buf(), source })?;
+    let mut file = std::fs::File::open(path).map_err(|source| HeliosError::ModelMissing {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = file.read(&mut buf).map_err(|source| HeliosError::Io { path: path.to_path_buf(), source })?;
+        let n = file.read(&mut buf).map_err(|source| HeliosError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// Checks a file exists and (if asked and small enough) that its hash matches.
 pub(crate) fn check_file(path: &Path, sha256: &str, verify: bool) -> Result<(), HeliosError> {
-    let meta = std::fs::metadata(path)
-        .map_err(|source| HeliosError::ModelMissing { path: path.to_path_buf(), source })?;
+    let meta = std::fs::metadata(path).map_err(|source| HeliosError::ModelMissing {
+        path: path.to_path_buf(),
+        source,
+    })?;
     if verify && !sha256.is_empty() && meta.len() <= HASH_LIMIT_BYTES {
         let actual = sha256_file(path)?;
         if !actual.eq_ignore_ascii_case(sha256) {
@@ -212,10 +265,14 @@ fn build_session(
         .with_optimization_level(GraphOptimizationLevel::Level3)
         .map_err(|e| (true, e.to_string()))?;
     if let Some(n) = config.intra_threads {
-        builder = builder.with_intra_threads(n).map_err(|e| (true, e.to_string()))?;
+        builder = builder
+            .with_intra_threads(n)
+            .map_err(|e| (true, e.to_string()))?;
     }
     if let Some(dispatch) = provider.dispatch() {
-        builder = builder.with_execution_providers([dispatch]).map_err(|e| (true, e.to_string()))?;
+        builder = builder
+            .with_execution_providers([dispatch])
+            .map_err(|e| (true, e.to_string()))?;
     }
     builder.commit_from_file(path).map_err(|e| {
         let msg = e.to_string();
@@ -239,36 +296,58 @@ pub struct OrtModel {
 
 impl OrtModel {
     /// Loads every graph of `dir` (manifest already parsed), walking the provider chain.
-    pub fn load(dir: &Path, manifest: &ModelManifest, config: &RuntimeConfig) -> Result<Self, HeliosError> {
+    pub fn load(
+        dir: &Path,
+        manifest: &ModelManifest,
+        config: &RuntimeConfig,
+    ) -> Result<Self, HeliosError> {
         if config.providers.is_empty() {
             return Err(HeliosError::NoProvider("the provider list is empty".into()));
         }
         for (key, g) in &manifest.graphs {
-            check_file(&dir.join(&g.file), &g.sha256, config.verify_hashes).map_err(|e| match e {
-                HeliosError::ModelMissing { path, source } => HeliosError::ModelMissing { path, source },
-                other => {
-                    tracing::error!("graph `{key}`: {other}");
-                    other
-                }
-            })?;
+            check_file(&dir.join(&g.file), &g.sha256, config.verify_hashes).map_err(
+                |e| match e {
+                    HeliosError::ModelMissing { path, source } => {
+                        HeliosError::ModelMissing { path, source }
+                    }
+                    other => {
+                        tracing::error!("graph `{key}`: {other}");
+                        other
+                    }
+                },
+            )?;
         }
         let mut skipped = Vec::new();
         for provider in &config.providers {
             match Self::load_on(dir, manifest, provider, config) {
                 Ok(mut model) => {
-                    model.report = ProviderReport { active: provider.name().into(), skipped };
-                    tracing::info!("helios model `{}` loaded on {}", manifest.name, model.report);
+                    model.report = ProviderReport {
+                        active: provider.name().into(),
+                        skipped,
+                    };
+                    tracing::info!(
+                        "helios model `{}` loaded on {}",
+                        manifest.name,
+                        model.report
+                    );
                     return Ok(model);
                 }
                 Err(LoadFailure::Provider(reason)) => {
-                    tracing::warn!("{} provider unavailable, trying the next: {reason}", provider.name());
+                    tracing::warn!(
+                        "{} provider unavailable, trying the next: {reason}",
+                        provider.name()
+                    );
                     skipped.push((provider.name().to_string(), reason));
                 }
                 Err(LoadFailure::Model(e)) => return Err(e),
             }
         }
         Err(HeliosError::NoProvider(
-            skipped.iter().map(|(n, r)| format!("{n}: {r}")).collect::<Vec<_>>().join("; "),
+            skipped
+                .iter()
+                .map(|(n, r)| format!("{n}: {r}"))
+                .collect::<Vec<_>>()
+                .join("; "),
         ))
     }
 
@@ -286,15 +365,23 @@ impl OrtModel {
                 })
             })?;
             let path = dir.join(&spec.file);
-            let session = build_session(&path, provider, config).map_err(|(provider_fault, reason)| {
-                if provider_fault {
-                    LoadFailure::Provider(reason)
-                } else {
-                    LoadFailure::Model(HeliosError::ModelCorrupt { path: path.clone(), reason })
-                }
-            })?;
+            let session =
+                build_session(&path, provider, config).map_err(|(provider_fault, reason)| {
+                    if provider_fault {
+                        LoadFailure::Provider(reason)
+                    } else {
+                        LoadFailure::Model(HeliosError::ModelCorrupt {
+                            path: path.clone(),
+                            reason,
+                        })
+                    }
+                })?;
             check_signature(key, &session, &spec).map_err(LoadFailure::Model)?;
-            Ok(GraphSession { key: key.to_string(), spec, session })
+            Ok(GraphSession {
+                key: key.to_string(),
+                spec,
+                session,
+            })
         };
         let mut denoisers = Vec::new();
         for s in 0..manifest.scheduler.stages {
@@ -313,7 +400,10 @@ impl OrtModel {
             denoisers,
             decoder,
             extra,
-            report: ProviderReport { active: provider.name().into(), skipped: Vec::new() },
+            report: ProviderReport {
+                active: provider.name().into(),
+                skipped: Vec::new(),
+            },
         })
     }
 
@@ -330,25 +420,48 @@ impl OrtModel {
     /// Opens an additional graph of the manifest (e.g. the GPU helper graphs) on the CPU provider.
     pub fn open_extra(&mut self, key: &str) -> Result<&mut GraphSession, HeliosError> {
         if !self.extra.contains_key(key) {
-            let spec = self.manifest.graphs.get(key).cloned().ok_or_else(|| HeliosError::ManifestInvalid {
-                path: self.dir.join("manifest.ron"),
-                reason: format!("graph `{key}` is missing"),
+            let spec = self.manifest.graphs.get(key).cloned().ok_or_else(|| {
+                HeliosError::ManifestInvalid {
+                    path: self.dir.join("manifest.ron"),
+                    reason: format!("graph `{key}` is missing"),
+                }
             })?;
             let path = self.dir.join(&spec.file);
-            let session = build_session(&path, &Provider::Cpu, &RuntimeConfig::cpu())
-                .map_err(|(_, reason)| HeliosError::ModelCorrupt { path: path.clone(), reason })?;
+            let session = build_session(&path, &Provider::Cpu, &RuntimeConfig::cpu()).map_err(
+                |(_, reason)| HeliosError::ModelCorrupt {
+                    path: path.clone(),
+                    reason,
+                },
+            )?;
             check_signature(key, &session, &spec)?;
-            self.extra.insert(key.to_string(), GraphSession { key: key.to_string(), spec, session });
+            self.extra.insert(
+                key.to_string(),
+                GraphSession {
+                    key: key.to_string(),
+                    spec,
+                    session,
+                },
+            );
         }
         Ok(self.extra.get_mut(key).expect("inserted above"))
     }
 
     /// Encodes frames `[1, 3, T, H, W]` in [-1, 1] with `vae_encoder_image` (T = 1) or
     /// `vae_encoder_clip` (T = 33); returns the posterior (mean, logvar).
-    pub fn encode(&mut self, video: &Array5<f32>) -> Result<(Array5<f32>, Array5<f32>), HeliosError> {
-        let key = if video.dim().2 == 1 { "vae_encoder_image" } else { "vae_encoder_clip" };
+    pub fn encode(
+        &mut self,
+        video: &Array5<f32>,
+    ) -> Result<(Array5<f32>, Array5<f32>), HeliosError> {
+        let key = if video.dim().2 == 1 {
+            "vae_encoder_image"
+        } else {
+            "vae_encoder_clip"
+        };
         let session = self.extra.get_mut(key).ok_or_else(|| {
-            HeliosError::InvalidInput(format!("model `{}` has no `{key}` graph (image conditioning)", self.manifest.name))
+            HeliosError::InvalidInput(format!(
+                "model `{}` has no `{key}` graph (image conditioning)",
+                self.manifest.name
+            ))
         })?;
         let mut out = session.run(vec![("video", Feed::F32View(video.view().into_dyn()))])?;
         let mean = to5(key, "mean", out.remove("mean").unwrap_or_default())?;
@@ -374,12 +487,27 @@ impl Denoiser for OrtModel {
         })?;
         let key = session.key.clone();
         let mut out = session.run(vec![
-            ("hidden_states", Feed::F32View(input.sample.view().into_dyn())),
+            (
+                "hidden_states",
+                Feed::F32View(input.sample.view().into_dyn()),
+            ),
             ("timestep", Feed::I64(vec![input.timestep], vec![1])),
-            ("encoder_hidden_states", Feed::F32View(input.text.view().into_dyn())),
-            ("latents_history_short", Feed::F32View(input.history.short.view().into_dyn())),
-            ("latents_history_mid", Feed::F32View(input.history.mid.view().into_dyn())),
-            ("latents_history_long", Feed::F32View(input.history.long.view().into_dyn())),
+            (
+                "encoder_hidden_states",
+                Feed::F32View(input.text.view().into_dyn()),
+            ),
+            (
+                "latents_history_short",
+                Feed::F32View(input.history.short.view().into_dyn()),
+            ),
+            (
+                "latents_history_mid",
+                Feed::F32View(input.history.mid.view().into_dyn()),
+            ),
+            (
+                "latents_history_long",
+                Feed::F32View(input.history.long.view().into_dyn()),
+            ),
         ])?;
         to5(&key, "velocity", out.remove("velocity").unwrap_or_default())
     }
@@ -387,7 +515,13 @@ impl Denoiser for OrtModel {
 
 impl Decoder for OrtModel {
     fn decode(&mut self, latents: &Array5<f32>) -> Result<Array5<f32>, HeliosError> {
-        let mut out = self.decoder.run(vec![("latents", Feed::F32View(latents.view().into_dyn()))])?;
-        to5("vae_decoder", "video", out.remove("video").unwrap_or_default())
+        let mut out = self
+            .decoder
+            .run(vec![("latents", Feed::F32View(latents.view().into_dyn()))])?;
+        to5(
+            "vae_decoder",
+            "video",
+            out.remove("video").unwrap_or_default(),
+        )
     }
 }

@@ -75,7 +75,10 @@ impl HistoryRing {
         for f in skip..t {
             let slot = self.head;
             let frame = latents.index_axis(Axis(1), f);
-            for (dst, src) in self.frames[slot * fs..(slot + 1) * fs].iter_mut().zip(frame.iter()) {
+            for (dst, src) in self.frames[slot * fs..(slot + 1) * fs]
+                .iter_mut()
+                .zip(frame.iter())
+            {
                 *dst = *src;
             }
             self.head = (self.head + 1) % len;
@@ -95,7 +98,10 @@ impl HistoryRing {
                 actual: frame.shape().to_vec(),
             });
         }
-        for (dst, src) in self.frames[newest * fs..(newest + 1) * fs].iter_mut().zip(frame.iter()) {
+        for (dst, src) in self.frames[newest * fs..(newest + 1) * fs]
+            .iter_mut()
+            .zip(frame.iter())
+        {
             *dst = *src;
         }
         Ok(())
@@ -145,11 +151,18 @@ impl HistoryRing {
         let mid_t = to5(win.slice(s![.., long..long + mid, .., ..]).to_owned());
         let mut short = Array4::<f32>::zeros((c, 2, h, w));
         if let Some(anchor) = &self.anchor {
-            let a = ArrayView4::from_shape((c, 1, h, w), anchor).expect("anchor size checked on set");
+            let a =
+                ArrayView4::from_shape((c, 1, h, w), anchor).expect("anchor size checked on set");
             short.slice_mut(s![.., 0..1, .., ..]).assign(&a);
         }
-        short.slice_mut(s![.., 1..2, .., ..]).assign(&win.slice(s![.., long + mid.., .., ..]));
-        HistoryTerms { short: to5(short), mid: mid_t, long: long_t }
+        short
+            .slice_mut(s![.., 1..2, .., ..])
+            .assign(&win.slice(s![.., long + mid.., .., ..]));
+        HistoryTerms {
+            short: to5(short),
+            mid: mid_t,
+            long: long_t,
+        }
     }
 }
 
@@ -173,7 +186,11 @@ mod tests {
         ring.push(chunk(2, 9, 10.0).view()).unwrap();
         ring.push(chunk(2, 9, 19.0).view()).unwrap();
         let w = ring.window();
-        assert_eq!(w[[0, 0, 0, 0]], 9.0, "oldest kept frame after 27 pushes is #9");
+        assert_eq!(
+            w[[0, 0, 0, 0]],
+            9.0,
+            "oldest kept frame after 27 pushes is #9"
+        );
         assert_eq!(w[[0, 18, 0, 0]], 27.0);
     }
 
@@ -181,12 +198,17 @@ mod tests {
     fn terms_split_long_mid_short_with_anchor() {
         let mut ring = HistoryRing::new([16, 2, 1], 1, 1, 1);
         ring.push(chunk(1, 19, 1.0).view()).unwrap();
-        ring.set_anchor(Array4::from_elem((1, 1, 1, 1), -5.0).view()).unwrap();
+        ring.set_anchor(Array4::from_elem((1, 1, 1, 1), -5.0).view())
+            .unwrap();
         let t = ring.terms();
         assert_eq!(t.long.shape(), &[1, 1, 16, 1, 1]);
         assert_eq!(t.long[[0, 0, 0, 0, 0]], 1.0);
         assert_eq!(t.mid[[0, 0, 1, 0, 0]], 18.0);
-        assert_eq!(t.short[[0, 0, 0, 0, 0]], -5.0, "short starts with the anchor");
+        assert_eq!(
+            t.short[[0, 0, 0, 0, 0]],
+            -5.0,
+            "short starts with the anchor"
+        );
         assert_eq!(t.short[[0, 0, 1, 0, 0]], 19.0, "then the newest frame");
     }
 

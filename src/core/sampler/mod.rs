@@ -112,7 +112,11 @@ impl Sampler {
     /// Transformer calls a chunk costs.
     pub fn forwards_per_chunk(&self, first: bool) -> usize {
         let n: usize = self.steps.iter().sum();
-        if first && self.options.amplify_first_chunk { 2 * n } else { n }
+        if first && self.options.amplify_first_chunk {
+            2 * n
+        } else {
+            n
+        }
     }
 
     /// Generates the latents of one chunk and pushes them into `history`.
@@ -212,7 +216,8 @@ impl Sampler {
                 observer.tensor(&format!("{step}.velocity"), &velocity);
                 // `step` converts with the scheduler's σ for ⌊t_i⌋ and the next step's ⌊t_{i+1}⌋.
                 let sigma = sched.sigma_for(timestep);
-                let sigma_next = (i + 1 < n).then(|| sched.sigma_for(sched.timesteps[i + 1] as i64));
+                let sigma_next =
+                    (i + 1 < n).then(|| sched.sigma_for(sched.timesteps[i + 1] as i64));
                 // The reference steps on `latents` (not the cast input): identical values in f32.
                 let (x0, next) = pyramid::dmd_step(
                     &latents,

@@ -12,10 +12,19 @@ use crate::error::HeliosError;
 
 /// The fp32 Cholesky factor torch's CPU `linalg.cholesky` returns for the block-noise covariance
 /// (diag 4/3−1/3·1 = 1, off-diagonal −1/3, +1e-8 jitter): the spec §1.5, "CPU" column.
+#[expect(
+    clippy::excessive_precision,
+    reason = "the digits torch printed; they parse to the same f32"
+)]
 pub const CPU_BLOCK_NOISE_CHOLESKY: [[f32; 4]; 4] = [
     [1.0, 0.0, 0.0, 0.0],
     [-0.333_333_343_267_440_8, 0.942_809_045_314_788_8, 0.0, 0.0],
-    [-0.333_333_343_267_440_8, -0.471_404_492_855_072, 0.816_496_610_641_479_5, 0.0],
+    [
+        -0.333_333_343_267_440_8,
+        -0.471_404_492_855_072,
+        0.816_496_610_641_479_5,
+        0.0,
+    ],
     [
         -0.333_333_343_267_440_8,
         -0.471_404_492_855_072,
@@ -70,7 +79,10 @@ impl SeededNoise {
             z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
             z ^ (z >> 31)
         };
-        Self { state: [next(), next(), next(), next()], spare: None }
+        Self {
+            state: [next(), next(), next(), next()],
+            spare: None,
+        }
     }
 
     fn next_u64(&mut self) -> u64 {
@@ -167,7 +179,11 @@ mod tests {
             v
         };
         assert_eq!(draw(7), draw(7), "a seed must always give the same draws");
-        assert_ne!(draw(7), draw(8), "different seeds must give different draws");
+        assert_ne!(
+            draw(7),
+            draw(8),
+            "different seeds must give different draws"
+        );
     }
 
     #[test]
@@ -186,9 +202,15 @@ mod tests {
         let mut inj = InjectedNoise::default();
         inj.push(DrawKind::LatentNoise, vec![1.0; 4]);
         let mut out = [0f32; 3];
-        assert!(inj.fill(DrawKind::LatentNoise, &mut out).is_err(), "size mismatch must fail");
+        assert!(
+            inj.fill(DrawKind::LatentNoise, &mut out).is_err(),
+            "size mismatch must fail"
+        );
         let mut out = [0f32; 2];
-        assert!(inj.fill(DrawKind::LatentNoise, &mut out).is_err(), "exhausted must fail");
+        assert!(
+            inj.fill(DrawKind::LatentNoise, &mut out).is_err(),
+            "exhausted must fail"
+        );
     }
 
     #[test]

@@ -52,7 +52,9 @@ pub fn downsample_start(noise: &Array5<f32>, halvings: usize) -> Array5<f32> {
 /// Nearest ×2 upsample over H and W.
 pub fn upsample_nearest(x: &Array5<f32>) -> Array5<f32> {
     let (b, c, t, h, w) = x.dim();
-    Array5::from_shape_fn((b, c, t, 2 * h, 2 * w), |(bi, ci, ti, i, j)| x[[bi, ci, ti, i / 2, j / 2]])
+    Array5::from_shape_fn((b, c, t, 2 * h, 2 * w), |(bi, ci, ti, i, j)| {
+        x[[bi, ci, ti, i / 2, j / 2]]
+    })
 }
 
 /// Block noise for a `[1, C, T, H, W]` grid from standard normals `z` (`[C·T·H/2·W/2, 4]`, row-major):
@@ -124,14 +126,23 @@ pub fn dmd_step(
     start_precision: DType,
 ) -> (Array5<f32>, Option<Array5<f32>>) {
     let mut x0 = Array5::<f32>::zeros(sample.raw_dim());
-    Zip::from(&mut x0).and(sample).and(velocity).for_each(|o, &x, &v| {
-        *o = round_value(velocity_precision, (x as f64 - sigma * v as f64) as f32);
-    });
+    Zip::from(&mut x0)
+        .and(sample)
+        .and(velocity)
+        .for_each(|o, &x, &v| {
+            *o = round_value(velocity_precision, (x as f64 - sigma * v as f64) as f32);
+        });
     let next = sigma_next.map(|s| {
         let mut next = Array5::<f32>::zeros(sample.raw_dim());
-        Zip::from(&mut next).and(&x0).and(start).for_each(|o, &x, &n| {
-            *o = round_value(start_precision, ((1.0 - s) * x as f64 + s * n as f64) as f32);
-        });
+        Zip::from(&mut next)
+            .and(&x0)
+            .and(start)
+            .for_each(|o, &x, &n| {
+                *o = round_value(
+                    start_precision,
+                    ((1.0 - s) * x as f64 + s * n as f64) as f32,
+                );
+            });
         next
     });
     (x0, next)
@@ -168,13 +179,20 @@ mod tests {
 
     #[test]
     fn block_noise_sums_to_about_zero_per_block() {
-        let l: Vec<Vec<f32>> = CPU_BLOCK_NOISE_CHOLESKY.iter().map(|r| r.to_vec()).collect();
+        let l: Vec<Vec<f32>> = CPU_BLOCK_NOISE_CHOLESKY
+            .iter()
+            .map(|r| r.to_vec())
+            .collect();
         let z = vec![0.7f32, -1.2, 0.3, 2.0];
         let n = block_noise(&z, &l, (1, 1, 1, 2, 2));
         let sum: f32 = n.iter().sum();
         // the covariance has rank 3 with the all-ones direction null (up to the 1e-8 jitter)
         assert!(sum.abs() < 1e-3, "block sum {sum}");
-        assert_eq!(n[[0, 0, 0, 0, 0]], 0.7, "first component is z0 since L[0] = e0");
+        assert_eq!(
+            n[[0, 0, 0, 0, 0]],
+            0.7,
+            "first component is z0 since L[0] = e0"
+        );
     }
 
     #[test]

@@ -90,7 +90,8 @@ impl PyramidSchedule {
         let mut ori_start_sigmas = Vec::with_capacity(stages);
         let mut distance = Vec::with_capacity(stages);
         for s in 0..stages {
-            let start_idx = ((config.stage_range[s] * n as f64) as usize).max(0);
+            // `as usize` saturates negatives to 0, as the reference clamps with max(.., 0)
+            let start_idx = (config.stage_range[s] * n as f64) as usize;
             let end_idx = ((config.stage_range[s + 1] * n as f64) as usize).min(n);
             let mut start_sigma = sigmas[start_idx];
             let end_sigma = if end_idx < n { sigmas[end_idx] } else { 0.0 };
@@ -106,7 +107,11 @@ impl PyramidSchedule {
         let total: f64 = distance.iter().sum();
         let mut stage_t_range = Vec::with_capacity(stages);
         for s in 0..stages {
-            let start_ratio = if s == 0 { 0.0 } else { distance[..s].iter().sum::<f64>() / total };
+            let start_ratio = if s == 0 {
+                0.0
+            } else {
+                distance[..s].iter().sum::<f64>() / total
+            };
             let end_ratio = if s == stages - 1 {
                 0.9999999999999999
             } else {
@@ -119,7 +124,11 @@ impl PyramidSchedule {
             let grid = linspace(t_max, t_min, n + 1);
             stage_t_range.push((grid[0], grid[n - 1]));
         }
-        Self { config: config.clone(), ori_start_sigmas, stage_t_range }
+        Self {
+            config: config.clone(),
+            ori_start_sigmas,
+            stage_t_range,
+        }
     }
 
     /// The pipeline's `calculate_shift` for a token count.
@@ -160,7 +169,11 @@ impl PyramidSchedule {
                 .map(|s| t_min + s * (t_max - t_min))
                 .collect();
         }
-        StageSchedule { timesteps, sigmas, mu }
+        StageSchedule {
+            timesteps,
+            sigmas,
+            mu,
+        }
     }
 
     /// Renoise constants (α_s, β_s) for entering stage `s > 0` (pipeline "Fix the stage").
@@ -198,20 +211,55 @@ mod tests {
         let sched = PyramidSchedule::new(&tiny().scheduler);
         let mu01 = sched.mu(9 * 12 * 20 / 4);
         let mu2 = sched.mu(9 * 24 * 40 / 4);
-        assert!(close(mu01, 0.5480729166666667, 1e-15), "mu stage 0/1: {mu01}");
+        assert!(
+            close(mu01, 0.5480729166666667, 1e-15),
+            "mu stage 0/1: {mu01}"
+        );
         assert!(close(mu2, 0.8222916666666666, 1e-15), "mu stage 2: {mu2}");
         let s0 = sched.stage(0, 2, mu01, false);
-        assert!(close(s0.timesteps[0], 998.5342266464115, 1e-9), "{:?}", s0.timesteps);
-        assert!(close(s0.timesteps[1], 833.9635639554095, 1e-9), "{:?}", s0.timesteps);
-        assert!(close(s0.sigmas[1], 0.354035137941564, 1e-12), "{:?}", s0.sigmas);
+        assert!(
+            close(s0.timesteps[0], 998.5342266464115, 1e-9),
+            "{:?}",
+            s0.timesteps
+        );
+        assert!(
+            close(s0.timesteps[1], 833.9635639554095, 1e-9),
+            "{:?}",
+            s0.timesteps
+        );
+        assert!(
+            close(s0.sigmas[1], 0.354035137941564, 1e-12),
+            "{:?}",
+            s0.sigmas
+        );
         assert_eq!(s0.sigmas[2], 0.0);
         let s1 = sched.stage(1, 2, mu01, false);
-        assert!(close(s1.timesteps[0], 742.6046450758411, 1e-9), "{:?}", s1.timesteps);
-        assert!(close(s1.timesteps[1], 512.4628589688932, 1e-9), "{:?}", s1.timesteps);
+        assert!(
+            close(s1.timesteps[0], 742.6046450758411, 1e-9),
+            "{:?}",
+            s1.timesteps
+        );
+        assert!(
+            close(s1.timesteps[1], 512.4628589688932, 1e-9),
+            "{:?}",
+            s1.timesteps
+        );
         let s2 = sched.stage(2, 2, mu2, false);
-        assert!(close(s2.timesteps[0], 385.1468332012363, 1e-9), "{:?}", s2.timesteps);
-        assert!(close(s2.sigmas[0], 0.9987841492578369, 1e-12), "{:?}", s2.sigmas);
-        assert!(close(s2.sigmas[1], 0.45123993004371077, 1e-12), "{:?}", s2.sigmas);
+        assert!(
+            close(s2.timesteps[0], 385.1468332012363, 1e-9),
+            "{:?}",
+            s2.timesteps
+        );
+        assert!(
+            close(s2.sigmas[0], 0.9987841492578369, 1e-12),
+            "{:?}",
+            s2.sigmas
+        );
+        assert!(
+            close(s2.sigmas[1], 0.45123993004371077, 1e-12),
+            "{:?}",
+            s2.sigmas
+        );
         let a2 = sched.stage(2, 2, mu2, true);
         assert_eq!(a2.steps(), 4);
         assert!(close(a2.timesteps[3], 84.216, 1e-3), "{:?}", a2.timesteps);
@@ -226,7 +274,11 @@ mod tests {
         assert!(close(s0.timesteps[0], 999.0, 1e-9) && close(s0.timesteps[1], 871.255872, 1e-5));
         assert!(close(s0.sigmas[1], 0.4999995, 1e-9), "{:?}", s0.sigmas);
         let s2 = sched.stage(2, 2, 0.0, false);
-        assert!(close(s2.timesteps[1], 193.4988075, 1e-5), "{:?}", s2.timesteps);
+        assert!(
+            close(s2.timesteps[1], 193.4988075, 1e-5),
+            "{:?}",
+            s2.timesteps
+        );
         let a = sched.stage(1, 2, 0.0, true);
         assert!(close(a.sigmas[1], 0.74949975, 1e-9) && close(a.sigmas[3], 0.25049925, 1e-9));
     }

@@ -1,0 +1,1168 @@
+#!/usr/bin/env python3
+"""Export Helios-Distilled (diffusers 0.42.1 `HeliosPyramidPipeline`) as the ONNX graphs bevy_helios runs.
+
+Subcommands:
+  graphs  write every graph of docs/graph-contract.md plus manifest.ron
+  embed   write embeddings.safetensors (the prompt bank) from tools/export/prompts.txt
+  all     embed + graphs + manifest.ron (what users run)
+
+Model source is either `--checkpoint DIR` (a diffusers-format Helios checkpoint with transformer/, vae/,
+scheduler/ and, for `embed`, text_encoder/ + tokenizer/) or `--tiny` (random weights from `--seed`, the
+smallest valid config; see the spec shared/design/helios-sampler.md section 3.4).
+
+Every graph is checked after writing: onnx.checker, I/O names/shapes/dtypes against the contract, and an
+onnxruntime (CPU) run on seeded random inputs against the torch module. The tool exits non-zero when any
+check fails and then does not write manifest.ron.
+
+All numerics are delegated to diffusers; the wrappers below only fix the inputs the contract bakes in
+(frame indices, latent constants, pyramid constants) and cast at the graph boundary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import math
+import re
+import shlex
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# The exporter logs a warning per missing torchvision op and per skipped constant fold; none matter here.
+logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+logging.getLogger("onnxscript").setLevel(logging.ERROR)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PROMPTS_FILE = Path(__file__).resolve().parent / "prompts.txt"
+
+# Smallest valid HeliosTransformer3DModel (spec 3.4 "tiny" column; the diffusers pipeline test config).
+TINY_TRANSFORMER = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=2,
+    attention_head_dim=12,
+    in_channels=16,
+    out_channels=16,
+    text_dim=32,
+    freq_dim=256,
+    ffn_dim=32,
+    num_layers=2,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    rope_dim=(4, 4, 4),
+    has_multi_term_memory_patch=True,
+    guidance_cross_attn=True,
+    zero_history_timestep=True,
+    is_amplify_history=False,
+)
+# Tiny AutoencoderKLWan; latents_mean/std stay the diffusers defaults (= Wan 2.1 VAE).
+TINY_VAE = dict(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True])
+
+# Pipeline constants of Helios-Distilled (spec 1.1): chunk geometry and the distilled run settings.
+LATENT_FRAMES = 9
+HISTORY_SIZES = (16, 2, 1)  # long, mid, 1x (keep_first_frame layout)
+PYRAMID_STEPS = (2, 2, 2)
+AMPLIFY_FIRST_CHUNK = True
+STAGES = 3
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISION_RON = {"fp32": "F32", "fp16": "F16", "bf16": "Bf16"}
+ONNX_ELEM = {1: "F32", 7: "I64", 10: "F16", 16: "Bf16", 11: "F64"}
+# Max abs error allowed between onnxruntime and torch, as a fraction of max |torch output| (floored at 1e-6).
+TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 5e-2}
+EXTERNAL_DATA_BYTES = 1_800_000_000  # above this a graph's weights go to `<file>.data` (2 GB protobuf limit)
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def repo_relative(path: str | Path) -> str:
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(REPO_ROOT))
+    except ValueError:
+        return str(p)
+
+
+def command_line(argv: list[str]) -> str:
+    """The command that made an output, with the script path relative to the repository root."""
+    return shlex.join([repo_relative(__file__)] + argv)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading models
+# ----------------------------------------------------------------------------------------------------------
+
+
+def build_tiny_pipeline_dir(seed: int, dest: Path) -> None:
+    """Builds the tiny transformer + VAE from `seed` and saves them in diffusers format under `dest`.
+
+    Writes what `HeliosPyramidPipeline.save_pretrained` writes (model_index.json, transformer/, vae/,
+    scheduler/), so the tiny model is loaded by exactly the same `from_pretrained` path as a real checkpoint.
+    """
+    from diffusers import AutoencoderKLWan, HeliosDMDScheduler, HeliosPyramidPipeline, HeliosTransformer3DModel
+
+    torch.manual_seed(seed)
+    transformer = HeliosTransformer3DModel(**TINY_TRANSFORMER).eval()
+    vae = AutoencoderKLWan(**TINY_VAE).eval()
+    scheduler = HeliosDMDScheduler(use_dynamic_shifting=True, time_shift_type="linear")
+    pipe = HeliosPyramidPipeline(
+        tokenizer=None, text_encoder=None, vae=vae, scheduler=scheduler, transformer=transformer, is_distilled=True
+    )
+    dest.mkdir(parents=True, exist_ok=True)
+    pipe.save_pretrained(str(dest), safe_serialization=True)
+
+
+def load_scheduler(checkpoint: Path, dynamic_shifting: bool | None):
+    """HeliosDMDScheduler from `checkpoint/scheduler`; `dynamic_shifting` overrides the saved flag."""
+    from diffusers import HeliosDMDScheduler
+
+    sched_dir = checkpoint / "scheduler"
+    if (sched_dir / "scheduler_config.json").exists():
+        config = HeliosDMDScheduler.load_config(str(sched_dir))
+        if config.get("_class_name") not in (None, "HeliosDMDScheduler"):
+            log(f"warning: checkpoint scheduler is {config.get('_class_name')}; Distilled uses HeliosDMDScheduler")
+        if dynamic_shifting is not None and bool(config.get("use_dynamic_shifting", False)) != dynamic_shifting:
+            log(f"warning: --dynamic-shifting {dynamic_shifting} overrides the checkpoint's "
+                f"use_dynamic_shifting={config.get('use_dynamic_shifting')}")
+        overrides = {} if dynamic_shifting is None else {"use_dynamic_shifting": dynamic_shifting}
+        return HeliosDMDScheduler.from_config(config, **overrides)
+    log("warning: checkpoint has no scheduler/scheduler_config.json; using HeliosDMDScheduler defaults "
+        "with time_shift_type=linear")
+    return HeliosDMDScheduler(
+        use_dynamic_shifting=True if dynamic_shifting is None else dynamic_shifting, time_shift_type="linear"
+    )
+
+
+def load_models(checkpoint: Path, dtype: str, device: str, dynamic_shifting: bool | None):
+    """Transformer (in `dtype`, `_keep_in_fp32_modules` kept fp32 by from_pretrained), VAE (fp32), scheduler."""
+    from diffusers import AutoencoderKLWan, HeliosTransformer3DModel
+
+    transformer = HeliosTransformer3DModel.from_pretrained(
+        str(checkpoint), subfolder="transformer", torch_dtype=DTYPES[dtype]
+    ).to(device).eval()
+    # The reference runs the VAE in fp32 (spec 1.1); the latent constants are built in the VAE dtype.
+    vae = AutoencoderKLWan.from_pretrained(str(checkpoint), subfolder="vae", torch_dtype=torch.float32).to(device).eval()
+    scheduler = load_scheduler(checkpoint, dynamic_shifting)
+    return transformer, vae, scheduler
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pipeline constants (each computed by, or exactly as, diffusers 0.42.1 HeliosPyramidPipeline.__call__)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def frame_indices() -> dict[str, torch.Tensor]:
+    """RoPE frame indices the pipeline passes for keep_first_frame=True: arange over
+    [prefix 1 | long 16 | mid 2 | 1x 1 | current 9]; short = prefix + 1x. Constant for every chunk."""
+    long_n, mid_n, one_n = HISTORY_SIZES
+    bounds = np.cumsum([0, 1, long_n, mid_n, one_n, LATENT_FRAMES])
+    part = [torch.arange(int(bounds[i]), int(bounds[i + 1])) for i in range(5)]
+    prefix, long_i, mid_i, one_i, cur_i = part
+    return {
+        "indices_hidden_states": cur_i[None],
+        "indices_latents_history_short": torch.cat([prefix, one_i])[None],
+        "indices_latents_history_mid": mid_i[None],
+        "indices_latents_history_long": long_i[None],
+    }
+
+
+def latent_constants(vae, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(latents_mean, latents_std) tensors exactly as the pipeline builds them: mean in the VAE dtype and
+    `latents_std` = 1 / std (the pipeline's variable holds the reciprocal)."""
+    z = vae.config.z_dim
+    mean = torch.tensor(vae.config.latents_mean).view(1, z, 1, 1, 1).to(device, vae.dtype)
+    inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z, 1, 1, 1).to(device, vae.dtype)
+    return mean, inv_std
+
+
+def renoise_coefficients(scheduler, stage: int) -> tuple[float, float]:
+    """(alpha, beta) of the stage transition, from `scheduler.ori_start_sigmas` as the pipeline computes them
+    before `sample_block_noise` (spec 1.5)."""
+    signal = 1 - scheduler.ori_start_sigmas[stage]
+    gamma = scheduler.config.gamma
+    alpha = 1 / (math.sqrt(1 + (1 / gamma)) * (1 - signal) + signal)
+    beta = alpha * (1 - signal) / math.sqrt(gamma)
+    return alpha, beta
+
+
+# fp32 factors recorded by shared/design/helios-sampler-probe.py (spec 1.5) on its H200 host (Intel Xeon,
+# torch 2.11; re-measured there by this tool's --cholesky-source native: identical). The fp32 covariance is
+# numerically singular (its smallest eigenvalue rounds to about -3e-8), so whether torch.linalg.cholesky
+# succeeds, and the last pivot it returns, depend on device, CPU and LAPACK build: on an AMD EPYC with
+# torch 2.15 / MKL 2024.2 the CPU factorisation raises "not positive-definite".
+_a, _b, _c = -0.3333333432674408, -0.471404492855072, -0.8164964914321899
+PROBE_CHOLESKY = {
+    "cpu": [[1.0, 0.0, 0.0, 0.0], [_a, 0.9428090453147888, 0.0, 0.0], [_a, _b, 0.8164966106414795, 0.0],
+            [_a, _b, _c, 0.00042286395910196006]],
+    "cuda": [[1.0, 0.0, 0.0, 0.0], [_a, 0.942808985710144, 0.0, 0.0], [_a, _b, 0.8164965510368347, 0.0],
+             [_a, _b, _c, 0.0004074478929396719]],
+}
+
+
+def native_block_noise_cholesky(scheduler, device: str) -> torch.Tensor:
+    """The fp32 Cholesky factor L that `HeliosPyramidPipeline.sample_block_noise` uses on `device`.
+
+    Read out of the pipeline's own function: with torch.randn patched to return the 4x4 identity as z
+    (4 channels x one 2x2 block), the returned noise holds z @ L.T = L.T, i.e. channel c's 2x2 block is
+    column c of L. This multiplies by exact 0/1, so the factor comes back bit-exact. Raises
+    torch.linalg.LinAlgError where the pipeline itself would (the factorisation fails on some CPUs).
+    """
+    from diffusers import HeliosPyramidPipeline
+
+    fake_pipe = types.SimpleNamespace(scheduler=scheduler)
+    real_randn = torch.randn
+
+    def identity_randn(*shape, generator=None, device=None, **kw):
+        return torch.eye(4, dtype=torch.float32, device=device)
+
+    torch.randn = identity_randn
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # z @ L.T must stay exact fp32
+    try:
+        gen = torch.Generator(device=device)
+        noise = HeliosPyramidPipeline.sample_block_noise(fake_pipe, 1, 4, 1, 2, 2, (1, 2, 2), device, gen)
+    finally:
+        torch.randn = real_randn
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    L = noise[0, :, 0].reshape(4, 4).T.contiguous().cpu()  # L[j, c] = noise[c, j // 2, j % 2]
+    # Cross-check against a direct factorisation of the same fp32 covariance on the same device.
+    g = scheduler.config.gamma
+    cov = torch.eye(4, device=device) * (1 + g) - torch.ones(4, 4, device=device) * g
+    direct = torch.linalg.cholesky((cov + torch.eye(4, device=device) * 1e-8).float()).cpu()
+    if not torch.equal(L, direct):
+        raise RuntimeError(f"factor read from sample_block_noise {L.tolist()} != direct {direct.tolist()}")
+    return L
+
+
+def block_noise_cholesky(scheduler, device: str, source: str) -> tuple[torch.Tensor, str]:
+    """(L, description). source "native": computed by the pipeline on `device` (error if torch cannot);
+    "probe": the factor the spec recorded for `device` (reproducible on any machine; the tiny default)."""
+    try:
+        native = native_block_noise_cholesky(scheduler, device)
+        native_desc = f"native {device}: {native.tolist()}"
+    except torch.linalg.LinAlgError as e:
+        native, native_desc = None, f"native {device}: torch.linalg.cholesky failed ({str(e).splitlines()[0]})"
+    log(f"block-noise Cholesky, {native_desc}")
+    if source == "native":
+        if native is None:
+            raise SystemExit("the reference pipeline cannot factor the block-noise covariance on this device, so "
+                             "it cannot run here either; pass --cholesky-source probe to bake the factor the spec "
+                             "recorded, or export on the device the reference runs on")
+        return native, f"native-{device}"
+    probe = torch.tensor(PROBE_CHOLESKY[device], dtype=torch.float32)
+    if native is not None and not torch.equal(native, probe):
+        log(f"note: the native {device} factor differs from the spec's probe factor; using the probe factor")
+    return probe, f"probe-{device}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Graph wrappers: the ONNX inputs are exactly the contract's; everything else is baked in.
+# ----------------------------------------------------------------------------------------------------------
+
+
+class DenoiserStage(torch.nn.Module):
+    """One `HeliosTransformer3DModel.forward` at one pyramid stage with the pipeline's frame indices baked in.
+
+    Casts like the pipeline: latents, histories and prompt embeddings to the transformer dtype; the timestep
+    stays int64. The output is returned as f32 (lossless from bf16/fp16)."""
+
+    def __init__(self, transformer):
+        super().__init__()
+        self.transformer = transformer
+        for name, value in frame_indices().items():
+            self.register_buffer(name, value, persistent=False)
+
+    def forward(self, hidden_states, timestep, encoder_hidden_states, latents_history_short,
+                latents_history_mid, latents_history_long):
+        dt = self.transformer.dtype
+        out = self.transformer(
+            hidden_states=hidden_states.to(dt),
+            timestep=timestep,
+            encoder_hidden_states=encoder_hidden_states.to(dt),
+            indices_hidden_states=self.indices_hidden_states,
+            indices_latents_history_short=self.indices_latents_history_short,
+            indices_latents_history_mid=self.indices_latents_history_mid,
+            indices_latents_history_long=self.indices_latents_history_long,
+            latents_history_short=latents_history_short.to(dt),
+            latents_history_mid=latents_history_mid.to(dt),
+            latents_history_long=latents_history_long.to(dt),
+            return_dict=False,
+        )[0]
+        return out.float()
+
+
+class VaeDecoder(torch.nn.Module):
+    """`latents / latents_std + latents_mean` (the pipeline's expression, `latents_std` = 1/std) then
+    `AutoencoderKLWan.decode` of the whole 9-frame chunk (cache cleared per call, output clamped)."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+        mean, inv_std = latent_constants(vae)
+        self.register_buffer("latents_mean", mean, persistent=False)
+        self.register_buffer("latents_std", inv_std, persistent=False)
+
+    def forward(self, latents):
+        z = latents.to(self.vae.dtype) / self.latents_std + self.latents_mean
+        return self.vae.decode(z, return_dict=False)[0].float()
+
+
+class VaeEncoder(torch.nn.Module):
+    """`AutoencoderKLWan.encode(video).latent_dist` raw moments: mean and (clamped) logvar, not normalised."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, video):
+        dist = self.vae.encode(video.to(self.vae.dtype)).latent_dist
+        return dist.mean.float(), dist.logvar.float()
+
+
+def _frames_as_images(x):
+    """[B, C, F, H, W] -> [B*F, C, H, W], the layout the pipeline resizes in."""
+    b, c, f, h, w = x.shape
+    return x.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+
+
+def _images_as_frames(x, b, f):
+    bf, c, h, w = x.shape
+    return x.reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4)
+
+
+class PyramidDownsample(torch.nn.Module):
+    """Stage-0 start point: for each of the stages-1 levels, bilinear resize to half size then x2
+    (pipeline's `F.interpolate(..., mode="bilinear") * 2`), in fp32 like the pipeline."""
+
+    def forward(self, noise):
+        b, _, f, h, w = noise.shape
+        x = _frames_as_images(noise)
+        for _ in range(STAGES - 1):
+            h, w = h // 2, w // 2
+            x = F.interpolate(x, size=(h, w), mode="bilinear") * 2
+        return _images_as_frames(x, b, f)
+
+
+class PyramidRenoise(torch.nn.Module):
+    """Stage transition: nearest x2 upsample of the previous x0, block noise z @ L.T scattered to 2x2 blocks,
+    start = alpha * up + beta * noise. In reduced precision up/noise are rounded to the transformer dtype and
+    each product/sum is rounded as torch does for a low-precision tensor times a Python float (the scalar
+    stays fp32, the result is rounded): emulated with fp32 math plus explicit casts."""
+
+    def __init__(self, L: torch.Tensor, alpha: float, beta: float, dtype: torch.dtype):
+        super().__init__()
+        self.register_buffer("L", L.float().clone(), persistent=False)
+        self.alpha, self.beta, self.dt = alpha, beta, dtype
+
+    def forward(self, x0, z):
+        b, c, f, h, w = x0.shape
+        # Round to the transformer dtype first (the reference's x0 is in that dtype), then copy pixels in fp32:
+        # nearest upsampling is exact in any dtype, and ORT's CPU Resize has no bf16 kernel.
+        x0 = x0.to(self.dt).float()
+        up = _images_as_frames(F.interpolate(_frames_as_images(x0), size=(2 * h, 2 * w), mode="nearest"), b, f)
+        noise = z @ self.L.T  # [b*c*f*h*w, 4]; component 2*ph + pw of block (i, k) -> pixel (2i+ph, 2k+pw)
+        noise = noise.view(b, c, f, h, w, 2, 2).permute(0, 1, 2, 3, 5, 4, 6).reshape(b, c, f, 2 * h, 2 * w)
+        if self.dt == torch.float32:
+            return self.alpha * up + self.beta * noise
+        a = (up * self.alpha).to(self.dt)
+        n = (noise.to(self.dt).float() * self.beta).to(self.dt)
+        return (a.float() + n.float()).to(self.dt).float()
+
+
+class DmdStep(torch.nn.Module):
+    """`HeliosDMDScheduler.step` with the sigmas already looked up: x0 = sample - sigma * v in float64, rounded
+    to the velocity dtype (`convert_flow_pred_to_x0`); next = (1 - sigma') * x0 + sigma' * start in float64,
+    rounded to the start point's dtype (`add_noise`). Start points are fp32 in stage 0 and the transformer
+    dtype afterwards (spec 1.5)."""
+
+    def __init__(self, velocity_dtype: torch.dtype, start_dtype: torch.dtype):
+        super().__init__()
+        self.vdt, self.sdt = velocity_dtype, start_dtype
+
+    def forward(self, sample, velocity, start, sigma, sigma_next):
+        s = sigma.double().reshape(-1, 1, 1, 1, 1)
+        sn = sigma_next.double().reshape(-1, 1, 1, 1, 1)
+        x0 = (sample.to(self.sdt).double() - s * velocity.to(self.vdt).double()).to(self.vdt)
+        nxt = ((1 - sn) * x0.double() + sn * start.to(self.sdt).double()).to(self.sdt)
+        return x0.float(), nxt.float()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The contract (docs/graph-contract.md) and the graph list
+# ----------------------------------------------------------------------------------------------------------
+
+
+def stage_hw(h: int, w: int, stage: int) -> tuple[int, int]:
+    down = 1 << (STAGES - 1 - stage)
+    return h // down, w // down
+
+
+def contract(height: int, width: int, seq: int, dim: int, channels: int = 16) -> dict:
+    """graph key -> (inputs, outputs), each a list of (name, shape, dtype) as docs/graph-contract.md states."""
+    h, w = height // 8, width // 8
+    F_, (L_, M_, _) = LATENT_FRAMES, HISTORY_SIZES
+    frames = (F_ - 1) * 4 + 1
+    f32 = "F32"
+    c = {}
+    hist = [
+        ("latents_history_short", [1, channels, 2, h, w], f32),
+        ("latents_history_mid", [1, channels, M_, h, w], f32),
+        ("latents_history_long", [1, channels, L_, h, w], f32),
+    ]
+    for s in range(STAGES):
+        hs, ws = stage_hw(h, w, s)
+        lat = [1, channels, F_, hs, ws]
+        c[f"denoiser_stage{s}"] = (
+            [("hidden_states", lat, f32), ("timestep", [1], "I64"), ("encoder_hidden_states", [1, seq, dim], f32)]
+            + hist,
+            [("velocity", lat, f32)],
+        )
+    c["vae_decoder"] = ([("latents", [1, channels, F_, h, w], f32)], [("video", [1, 3, frames, height, width], f32)])
+    c["vae_encoder_image"] = (
+        [("video", [1, 3, 1, height, width], f32)],
+        [("mean", [1, channels, 1, h, w], f32), ("logvar", [1, channels, 1, h, w], f32)],
+    )
+    c["vae_encoder_clip"] = (
+        [("video", [1, 3, frames, height, width], f32)],
+        [("mean", [1, channels, F_, h, w], f32), ("logvar", [1, channels, F_, h, w], f32)],
+    )
+    c["pyramid_downsample"] = ([("noise", [1, channels, F_, h, w], f32)],
+                               [("start", [1, channels, F_, h // 4, w // 4], f32)])
+    for s in range(1, STAGES):
+        hs, ws = stage_hw(h, w, s)
+        n = channels * F_ * (hs // 2) * (ws // 2)
+        c[f"pyramid_renoise_stage{s}"] = (
+            [("x0", [1, channels, F_, hs // 2, ws // 2], f32), ("z", [n, 4], f32)],
+            [("start", [1, channels, F_, hs, ws], f32)],
+        )
+    for s in range(STAGES):
+        hs, ws = stage_hw(h, w, s)
+        lat = [1, channels, F_, hs, ws]
+        c[f"dmd_step_stage{s}"] = (
+            [("sample", lat, f32), ("velocity", lat, f32), ("start", lat, f32), ("sigma", [1], f32),
+             ("sigma_next", [1], f32)],
+            [("x0", lat, f32), ("next", lat, f32)],
+        )
+    return c
+
+
+GRAPH_ORDER = (
+    [f"denoiser_stage{s}" for s in range(STAGES)]
+    + ["vae_decoder", "vae_encoder_image", "vae_encoder_clip", "pyramid_downsample"]
+    + [f"pyramid_renoise_stage{s}" for s in range(1, STAGES)]
+    + [f"dmd_step_stage{s}" for s in range(STAGES)]
+)
+
+
+def sample_inputs(spec_inputs, key: str, gen: torch.Generator) -> list[torch.Tensor]:
+    """Seeded random inputs in the value ranges the sampler feeds."""
+    out = []
+    for name, shape, dtype in spec_inputs:
+        if dtype == "I64":  # timestep: an integer in the model's range
+            out.append(torch.randint(0, 1000, shape, generator=gen, dtype=torch.int64))
+        elif name in ("sigma", "sigma_next"):
+            out.append(torch.rand(shape, generator=gen, dtype=torch.float32))
+        elif name == "video":  # pixels in [-1, 1]
+            out.append(torch.rand(shape, generator=gen, dtype=torch.float32) * 2 - 1)
+        else:
+            out.append(torch.randn(shape, generator=gen, dtype=torch.float32))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Export + verification
+# ----------------------------------------------------------------------------------------------------------
+
+
+def onnx_io(path: Path) -> tuple[list, list]:
+    """(inputs, outputs) of a written ONNX file as (name, static shape, dtype name)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+
+    def spec(values):
+        res = []
+        for v in values:
+            tt = v.type.tensor_type
+            dims = []
+            for d in tt.shape.dim:
+                if not d.HasField("dim_value"):
+                    raise ValueError(f"{path.name}: `{v.name}` has a non-static dimension {d}")
+                dims.append(int(d.dim_value))
+            res.append((v.name, dims, ONNX_ELEM.get(tt.elem_type, f"elem{tt.elem_type}")))
+        return res
+
+    return spec(model.graph.input), spec(model.graph.output)
+
+
+def _strip_debug_metadata(model) -> None:
+    """Drops the exporter's per-node debug metadata (Python stack traces with local paths, FX node text,
+    module hierarchy): it is most of a small graph's bytes and would make files machine-dependent."""
+    import onnx_ir as ir
+
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        node.metadata_props.clear()
+        node.doc_string = None
+        for value in node.outputs:
+            value.metadata_props.clear()
+
+
+def export_one(module, args, input_names, output_names, path: Path, opset: int,
+               threshold: int = EXTERNAL_DATA_BYTES) -> bool:
+    """torch.onnx.export (dynamo; the TorchScript exporter fails on RMSNorm) then save. When the weights pass
+    `threshold` bytes they go to `<file>.data` (ONNX external data) and True is returned."""
+    import onnx
+
+    with torch.no_grad():
+        prog = torch.onnx.export(
+            module, tuple(args), None, input_names=input_names, output_names=output_names, opset_version=opset,
+            dynamo=True, optimize=True, verbose=False,
+        )
+    _strip_debug_metadata(prog.model)
+    weight_bytes = 0
+    for value in prog.model.graph.initializers.values():
+        if value.const_value is not None:
+            weight_bytes += value.const_value.nbytes
+    data_path = path.with_name(path.name + ".data")
+    if data_path.exists():
+        data_path.unlink()
+    if weight_bytes > threshold:
+        # A >2 GB ModelProto cannot be serialised at all, so let the exporter stream tensors to the data file.
+        prog.save(str(path), external_data=True)
+        if data_path.exists() and data_path.stat().st_size == 0:
+            data_path.unlink()
+        return bool(external_data_files(path))
+    onnx.save(prog.model_proto, str(path))
+    return False
+
+
+SHARED_DENOISER_DATA = "denoiser_weights.onnx.data"
+EXTERNAL_ALIGN = 4096  # page-aligned offsets let onnxruntime map tensors instead of copying them
+
+
+def _external_tensors(model):
+    import onnx
+
+    for t in model.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            yield t
+    for node in model.graph.node:  # Constant nodes can carry external tensors too
+        for attr in node.attribute:
+            if attr.HasField("t") and attr.t.data_location == onnx.TensorProto.EXTERNAL:
+                yield attr.t
+
+
+def external_data_files(path: Path) -> list[str]:
+    """Names of the external data files an ONNX file refers to."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    names = {e.value for t in _external_tensors(model) for e in t.external_data if e.key == "location"}
+    return sorted(names)
+
+
+def share_external_weights(out: Path, keys: list[str], shared_name: str) -> None:
+    """Moves the external tensors of several graphs into one data file, storing identical bytes once.
+
+    The per-stage denoiser graphs hold the same transformer weights (28.6 GB for Helios 14B in bf16);
+    separate data files would triple the disk size. Each graph's TensorProtos are re-pointed at
+    (shared file, offset, length); tensors that differ (per-stage constants) are appended too."""
+    import onnx
+
+    index: dict[str, tuple[int, int]] = {}
+    tmp = out / (shared_name + ".tmp")
+    old_files: set[Path] = set()
+    models = {}
+    with open(tmp, "wb") as dst:
+        for key in keys:
+            path = out / f"{key}.onnx"
+            model = onnx.load(str(path), load_external_data=False)
+            for t in _external_tensors(model):
+                info = {e.key: e.value for e in t.external_data}
+                src = out / info["location"]
+                old_files.add(src)
+                with open(src, "rb") as f:
+                    f.seek(int(info.get("offset", 0)))
+                    data = f.read(int(info["length"])) if "length" in info else f.read()
+                digest = hashlib.sha256(data).hexdigest()
+                if digest not in index:
+                    pos = dst.tell()
+                    pad = (-pos) % EXTERNAL_ALIGN
+                    dst.write(b"\0" * pad)
+                    index[digest] = (pos + pad, len(data))
+                    dst.write(data)
+                offset, length = index[digest]
+                del t.external_data[:]
+                for k, v in (("location", shared_name), ("offset", str(offset)), ("length", str(length))):
+                    entry = t.external_data.add()
+                    entry.key, entry.value = k, v
+            models[key] = model
+    for f in old_files:
+        f.unlink()
+    tmp.rename(out / shared_name)
+    for key, model in models.items():
+        onnx.save(model, str(out / f"{key}.onnx"))
+    log(f"denoiser weights shared in {shared_name}: {(out / shared_name).stat().st_size / 1e6:.1f} MB "
+        f"({len(index)} tensors)")
+
+
+def verify_one(key: str, module, path: Path, spec, dtype: str, gen: torch.Generator, run_ort: bool,
+               provider: str = "cpu", device: str = "cpu") -> dict:
+    """checker + contract I/O + onnxruntime vs torch. Returns a result dict with `ok`."""
+    import onnx
+    import onnxruntime as ort
+
+    res = {"key": key, "ok": True, "notes": []}
+    onnx.checker.check_model(str(path), full_check=True)
+    ins, outs = onnx_io(path)
+    want_in, want_out = spec
+    if ins != [(n, list(s), d) for n, s, d in want_in] or outs != [(n, list(s), d) for n, s, d in want_out]:
+        res["ok"] = False
+        res["notes"].append(f"I/O differs from the contract:\n  got  {ins} -> {outs}\n  want {want_in} -> {want_out}")
+        return res
+    if not run_ort:
+        res["notes"].append("onnxruntime run skipped by --verify")
+        return res
+    args = sample_inputs(want_in, key, gen)
+    with torch.no_grad():
+        ref = module(*[a.to(device) for a in args])
+    ref = ref if isinstance(ref, tuple) else (ref,)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    providers = ["CUDAExecutionProvider"] if provider == "cuda" else ["CPUExecutionProvider"]
+    if provider == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise RuntimeError("--ort-provider cuda: this onnxruntime has no CUDAExecutionProvider")
+    feeds = {name: a.cpu().numpy() for (name, _, _), a in zip(want_in, args)}
+    t0 = time.time()
+    try:
+        sess = ort.InferenceSession(str(path), so, providers=providers)
+        got = sess.run(None, feeds)
+        res["engine"] = f"onnxruntime {providers[0]}"
+    except Exception as e:
+        if not (dtype == "bf16" and "NOT_IMPLEMENTED" in str(e)):
+            raise
+        # ORT's CPU provider has no bf16 Conv/MatMul. The ONNX reference evaluator (numpy + ml_dtypes) still
+        # checks the graph's semantics; it says nothing about whether a GPU provider runs the file.
+        from onnx.reference import ReferenceEvaluator
+
+        got = ReferenceEvaluator(str(path)).run(None, feeds)
+        res["engine"] = "onnx.reference (onnxruntime CPU: " + str(e).split(":")[-1].strip() + ")"
+        res["notes"].append("onnxruntime CPU cannot run this bf16 graph; checked with onnx.reference instead")
+    res["ort_seconds"] = time.time() - t0
+    errs, mags = [], []
+    for (name, _, _), r, g in zip(want_out, ref, got):
+        r = r.detach().cpu().double().numpy()
+        errs.append(float(np.abs(r - g.astype(np.float64)).max()))
+        mags.append(float(np.abs(r).max()))
+    res["max_abs_err"] = max(errs)
+    res["max_abs_ref"] = max(mags)
+    tol = max(TOLERANCE[dtype] * max(mags), 1e-6)
+    res["tol"] = tol
+    if not all(np.isfinite(g).all() for g in got):
+        res["ok"] = False
+        res["notes"].append("onnxruntime output has non-finite values")
+    if res["max_abs_err"] > tol:
+        res["ok"] = False
+        res["notes"].append(f"max abs error {res['max_abs_err']:.3e} > tolerance {tol:.3e}")
+    return res
+
+
+def build_modules(key: str, transformer, vae, scheduler, L: torch.Tensor, dtype: str):
+    dt = DTYPES[dtype]
+    if key.startswith("denoiser_stage"):
+        return DenoiserStage(transformer).eval()
+    if key == "vae_decoder":
+        return VaeDecoder(vae).eval()
+    if key.startswith("vae_encoder"):
+        return VaeEncoder(vae).eval()
+    if key == "pyramid_downsample":
+        return PyramidDownsample().eval()
+    if key.startswith("pyramid_renoise_stage"):
+        s = int(key[-1])
+        alpha, beta = renoise_coefficients(scheduler, s)
+        return PyramidRenoise(L, alpha, beta, dt).eval()
+    if key.startswith("dmd_step_stage"):
+        s = int(key[-1])
+        return DmdStep(dt, torch.float32 if s == 0 else dt).eval()
+    raise KeyError(key)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# manifest.ron
+# ----------------------------------------------------------------------------------------------------------
+
+
+def ron_str(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def ron_float(x: float) -> str:
+    r = repr(float(x))
+    if not any(ch in r for ch in ".eE") or r in ("nan", "inf", "-inf"):
+        if r in ("nan", "inf", "-inf"):
+            raise ValueError(f"non-finite float {r} in manifest")
+        r += ".0"
+    return r
+
+
+def ron_floats(values) -> str:
+    return "[" + ", ".join(ron_float(v) for v in values) + "]"
+
+
+def ron_tensor_list(specs, indent: str) -> str:
+    lines = [f"{indent}    (name: {ron_str(n)}, shape: [{', '.join(str(d) for d in s)}], dtype: {d})," for n, s, d in specs]
+    return "[\n" + "\n".join(lines) + f"\n{indent}]"
+
+
+def write_manifest(out: Path, meta: dict) -> Path:
+    """Writes manifest.ron in the field order of src/core/manifest.rs `ModelManifest`."""
+    s = meta["scheduler"]
+    emb = meta["embeddings"]
+    lines = [
+        "(",
+        "    format_version: 1,",
+        f"    name: {ron_str(meta['name'])},",
+        f"    source: {ron_str(meta['source'])},",
+        f"    diffusers_version: {ron_str(meta['diffusers_version'])},",
+        f"    opset: {meta['opset']},",
+        f"    precision: {meta['precision']},",
+        f"    height: {meta['height']},",
+        f"    width: {meta['width']},",
+        f"    latent_channels: {meta['latent_channels']},",
+        f"    latent_frames_per_chunk: {LATENT_FRAMES},",
+        f"    vae_scale_factor_temporal: {meta['vae_scale_factor_temporal']},",
+        f"    vae_scale_factor_spatial: {meta['vae_scale_factor_spatial']},",
+        f"    history_sizes: [{', '.join(str(v) for v in HISTORY_SIZES)}],",
+        f"    pyramid_steps: [{', '.join(str(v) for v in PYRAMID_STEPS)}],",
+        f"    amplify_first_chunk: {'true' if AMPLIFY_FIRST_CHUNK else 'false'},",
+        "    scheduler: (",
+        f"        num_train_timesteps: {int(s['num_train_timesteps'])},",
+        f"        shift: {ron_float(s['shift'])},",
+        f"        stages: {int(s['stages'])},",
+        f"        stage_range: {ron_floats(s['stage_range'])},",
+        f"        gamma: {ron_float(s['gamma'])},",
+        f"        use_dynamic_shifting: {'true' if s['use_dynamic_shifting'] else 'false'},",
+        f"        time_shift_type: {s['time_shift_type']},",
+        f"        base_image_seq_len: {ron_float(s['base_image_seq_len'])},",
+        f"        max_image_seq_len: {ron_float(s['max_image_seq_len'])},",
+        f"        base_shift: {ron_float(s['base_shift'])},",
+        f"        max_shift: {ron_float(s['max_shift'])},",
+        "    ),",
+        "    block_noise_cholesky: [" + ", ".join(ron_floats(row) for row in meta["cholesky"]) + "],",
+        f"    latents_mean: {ron_floats(meta['latents_mean'])},",
+        f"    latents_std: {ron_floats(meta['latents_std'])},",
+        "    embeddings: (",
+        f"        file: {ron_str(emb['file'])},",
+        f"        sha256: {ron_str(emb['sha256'])},",
+        f"        seq_len: {emb['seq_len']},",
+        f"        dim: {emb['dim']},",
+        "    ),",
+        "    graphs: {",
+    ]
+    for key, g in meta["graphs"].items():
+        lines += [
+            f"        {ron_str(key)}: (",
+            f"            file: {ron_str(g['file'])},",
+            f"            sha256: {ron_str(g['sha256'])},",
+            f"            inputs: {ron_tensor_list(g['inputs'], '            ')},",
+            f"            outputs: {ron_tensor_list(g['outputs'], '            ')},",
+            "        ),",
+        ]
+    lines += ["    },", ")", ""]
+    path = out / "manifest.ron"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def scheduler_meta(scheduler) -> dict:
+    cfg = scheduler.config
+    tst = cfg.get("time_shift_type", "linear")
+    return {
+        "num_train_timesteps": cfg.num_train_timesteps,
+        "shift": cfg.shift,
+        "stages": cfg.stages,
+        "stage_range": list(cfg.stage_range),
+        "gamma": cfg.gamma,
+        "use_dynamic_shifting": bool(cfg.use_dynamic_shifting),
+        "time_shift_type": {"linear": "Linear", "exponential": "Exponential"}[tst],
+        # Read with the same defaults as the pipeline's calculate_shift call.
+        "base_image_seq_len": cfg.get("base_image_seq_len", 256),
+        "max_image_seq_len": cfg.get("max_image_seq_len", 4096),
+        "base_shift": cfg.get("base_shift", 0.5),
+        "max_shift": cfg.get("max_shift", 1.15),
+    }
+
+
+def embeddings_meta(out: Path, seq: int, dim: int) -> dict:
+    from safetensors import safe_open
+
+    path = out / "embeddings.safetensors"
+    if not path.exists():
+        log("warning: embeddings.safetensors missing; manifest gets an empty sha256 (run `embed`)")
+        return {"file": path.name, "sha256": "", "seq_len": seq, "dim": dim}
+    with safe_open(str(path), "pt") as f:
+        for k in f.keys():
+            shape = list(f.get_slice(k).get_shape())
+            if shape != [seq, dim]:
+                raise RuntimeError(f"embedding `{k}` has shape {shape}, graphs expect [{seq}, {dim}]")
+    return {"file": path.name, "sha256": sha256_file(path), "seq_len": seq, "dim": dim}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Subcommands
+# ----------------------------------------------------------------------------------------------------------
+
+
+def resolve_common(args) -> None:
+    if args.height is None:
+        args.height = 64 if args.tiny else 384
+    if args.width is None:
+        args.width = 64 if args.tiny else 640
+    if args.text_seq_len is None:
+        args.text_seq_len = 16 if args.tiny else 512
+    for v, n in ((args.height, "height"), (args.width, "width")):
+        if v <= 0 or v % 64:
+            raise SystemExit(f"--{n} {v} must be a positive multiple of 64 (3 pyramid stages x patch 2 x VAE 8)")
+    if args.name is None:
+        args.name = Path(args.out).name
+    if args.command in ("graphs", "all"):
+        if args.opset is None:
+            args.opset = 22 if args.dtype == "bf16" else 18
+        if args.dtype == "bf16" and args.opset < 22:
+            raise SystemExit("--dtype bf16 needs --opset 22 or later (ONNX Conv accepts bfloat16 from opset 22)")
+
+
+class ModelSource:
+    """Where weights come from: a checkpoint dir, or the tiny model materialised in a diffusers dir."""
+
+    def __init__(self, args):
+        self._tmp = None
+        if args.tiny:
+            if args.save_checkpoint:
+                self.dir = Path(args.save_checkpoint)
+            else:
+                self._tmp = tempfile.TemporaryDirectory(prefix="helios-tiny-")
+                self.dir = Path(self._tmp.name)
+            build_tiny_pipeline_dir(args.seed, self.dir)
+            log(f"tiny checkpoint (seed {args.seed}) -> {self.dir}")
+        else:
+            self.dir = Path(args.checkpoint)
+            if not (self.dir / "transformer").is_dir():
+                raise SystemExit(f"{self.dir} has no transformer/ subfolder (not a diffusers Helios checkpoint)")
+
+    def close(self):
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+def run_graphs(args, source: ModelSource, argv: list[str]) -> bool:
+    import diffusers
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dyn = None if args.dynamic_shifting is None else args.dynamic_shifting == "true"
+    if args.tiny and dyn is None:
+        dyn = True
+    transformer, vae, scheduler = load_models(source.dir, args.dtype, args.device, dyn)
+    if scheduler.config.stages != STAGES:
+        raise SystemExit(f"scheduler has {scheduler.config.stages} stages; the graphs are for {STAGES}")
+    if tuple(transformer.config.patch_size) != (1, 2, 2):
+        raise SystemExit(f"patch_size {transformer.config.patch_size} unsupported (must be (1, 2, 2))")
+    text_dim = transformer.config.text_dim
+    channels = vae.config.z_dim
+    if transformer.config.in_channels != channels:
+        raise SystemExit("transformer in_channels != vae z_dim")
+    source_name = args.cholesky_source or ("probe" if args.tiny else "native")
+    L, L_desc = block_noise_cholesky(scheduler, args.cholesky_device, source_name)
+    log(f"block-noise Cholesky used ({L_desc}): {L.tolist()}")
+    spec = contract(args.height, args.width, args.text_seq_len, text_dim, channels)
+    keys = GRAPH_ORDER if not args.only else [k for k in GRAPH_ORDER if k in args.only.split(",")]
+    threshold = args.external_data_threshold
+    if (out / SHARED_DENOISER_DATA).exists() and all(f"denoiser_stage{s}" in keys for s in range(STAGES)):
+        (out / SHARED_DENOISER_DATA).unlink()  # stale from an earlier export
+    exported = {}
+    for key in keys:
+        ins, outs = spec[key]
+        path = out / f"{key}.onnx"
+        t0 = time.time()
+        export_args = [a.to(args.device) for a in sample_inputs(ins, key, torch.Generator().manual_seed(args.seed))]
+        module = build_modules(key, transformer, vae, scheduler, L, args.dtype).to(args.device)
+        external = export_one(module, export_args, [n for n, _, _ in ins], [n for n, _, _ in outs], path,
+                              args.opset, threshold)
+        exported[key] = (time.time() - t0, external)
+        log(f"exported {key} in {exported[key][0]:.1f}s" + (" (external data)" if external else ""))
+    shared = [k for k in keys if k.startswith("denoiser_stage") and exported[k][1]]
+    if len(shared) > 1:
+        share_external_weights(out, shared, SHARED_DENOISER_DATA)
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    results, graphs = [], {}
+    for key in keys:
+        path = out / f"{key}.onnx"
+        module = build_modules(key, transformer, vae, scheduler, L, args.dtype).to(args.device)
+        run_ort = args.verify == "full" or (args.verify == "light" and not key.startswith("denoiser"))
+        try:
+            # The VAE and the stage-0 downsample stay fp32 whatever --dtype is (the reference runs them so).
+            graph_dtype = "fp32" if key.startswith("vae") or key == "pyramid_downsample" else args.dtype
+            r = verify_one(key, module, path, spec[key], graph_dtype, gen, run_ort, args.ort_provider, args.device)
+        except Exception as e:  # a checker or onnxruntime failure is a verification failure
+            r = {"key": key, "ok": False, "notes": [f"{type(e).__name__}: {e}"]}
+        t_export = exported[key][0]
+        data = external_data_files(path)
+        r["bytes"] = path.stat().st_size + sum((out / d).stat().st_size for d in data if d != SHARED_DENOISER_DATA)
+        results.append(r)
+        err = f"max_abs_err={r['max_abs_err']:.3e} max|ref|={r['max_abs_ref']:.3e} tol={r['tol']:.3e}" \
+            if "max_abs_err" in r else ""
+        log(f"{'OK  ' if r['ok'] else 'FAIL'} {key:24s} {r['bytes'] / 1e6:8.3f} MB  export {t_export:6.1f}s  {err}"
+            + "".join(f"\n     {n}" for n in r["notes"] + [f"weights in {d}" for d in data]))
+        if r["ok"]:
+            gi, go = onnx_io(path)
+            graphs[key] = {"file": path.name, "sha256": sha256_file(path), "inputs": gi, "outputs": go}
+    if not all(r["ok"] for r in results):
+        log("some graphs failed verification; manifest.ron not written")
+        if args.dtype == "bf16" and any("NOT_IMPLEMENTED" in n for r in results for n in r["notes"]):
+            log("hint: onnxruntime's CPU provider cannot run bf16 Conv/MatMul; verify with --ort-provider cuda "
+                "(onnxruntime-gpu) or accept checker + I/O checks only for those graphs with --verify light")
+        return False
+    if args.only:
+        log("--only given: manifest.ron not written (it must list every graph)")
+        return True
+    mean_list = [float(v) for v in vae.config.latents_mean]
+    std_list = [float(v) for v in vae.config.latents_std]
+    meta = {
+        "name": args.name,
+        "source": command_line(argv),
+        "diffusers_version": diffusers.__version__,
+        "opset": args.opset,
+        "precision": PRECISION_RON[args.dtype],
+        "height": args.height,
+        "width": args.width,
+        "latent_channels": channels,
+        "vae_scale_factor_temporal": int(vae.config.scale_factor_temporal),
+        "vae_scale_factor_spatial": int(vae.config.scale_factor_spatial),
+        "scheduler": scheduler_meta(scheduler),
+        "cholesky": [[float(v) for v in row] for row in L.tolist()],
+        "latents_mean": mean_list,
+        "latents_std": std_list,
+        "embeddings": embeddings_meta(out, args.text_seq_len, text_dim),
+        "graphs": graphs,
+    }
+    path = write_manifest(out, meta)
+    log(f"wrote {path}")
+    return True
+
+
+def canonicalize_safetensors(path: Path) -> None:
+    """Rewrites a safetensors header with `__metadata__` sorted by key. safetensors serialises metadata from a
+    hash map whose order changes per process, which would change the file's sha256 on every run. Only the
+    JSON header is rewritten (compact, space-padded to 8 bytes as safetensors writes it); the tensor bytes and
+    their offsets (relative to the data section) are unchanged."""
+    import json
+    import struct
+
+    raw = path.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n].decode("utf-8"), object_pairs_hook=dict)
+    if "__metadata__" in header:
+        meta = header.pop("__metadata__")
+        header = {"__metadata__": dict(sorted(meta.items())), **header}
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * ((-(8 + len(text))) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n:])
+
+
+def read_prompts(path: Path) -> list[tuple[str, str]]:
+    """`name: prompt text` lines; blank lines and `#` comments skipped; names unique."""
+    items, seen = [], set()
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if ":" not in line:
+            raise SystemExit(f"{path}:{n}: expected `name: prompt text`")
+        name, text = (part.strip() for part in line.split(":", 1))
+        if not re.fullmatch(r"[A-Za-z0-9_]+", name) or name in seen or not text:
+            raise SystemExit(f"{path}:{n}: bad or duplicate name `{name}` or empty text")
+        seen.add(name)
+        items.append((name, text))
+    return items
+
+
+def tiny_prompt_embedding(text: str, seq: int, dim: int) -> torch.Tensor:
+    """Deterministic stand-in for a text encoder: N(0, 1) [seq, dim] from a generator seeded with the first
+    8 bytes (little-endian) of sha256(utf-8 text). The same prompt always gives the same entry."""
+    seed = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little")
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(seq, dim, generator=gen, dtype=torch.float32)
+
+
+def encode_prompts_with_checkpoint(checkpoint: Path, prompts, seq: int, te_dtype: str, device: str):
+    """Runs the checkpoint's UMT5 through the pipeline's own `encode_prompt` (zero-padded to `seq` rows)."""
+    from diffusers import HeliosPyramidPipeline
+    from transformers import AutoTokenizer, UMT5EncoderModel
+
+    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint), subfolder="tokenizer")
+    text_encoder = UMT5EncoderModel.from_pretrained(
+        str(checkpoint), subfolder="text_encoder", torch_dtype=DTYPES[te_dtype]
+    ).to(device).eval()
+    pipe = HeliosPyramidPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=None, scheduler=None,
+                                 transformer=None, is_distilled=True)
+    result = {}
+    with torch.no_grad():
+        for name, text in prompts:
+            embeds, _ = pipe.encode_prompt(
+                prompt=text, do_classifier_free_guidance=False, num_videos_per_prompt=1,
+                max_sequence_length=seq, device=torch.device(device),
+            )
+            result[name] = embeds[0].float().cpu().contiguous()
+    return result, int(text_encoder.config.d_model)
+
+
+def run_embed(args, argv: list[str]) -> bool:
+    from safetensors.torch import save_file
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    prompts = read_prompts(Path(args.prompts))
+    if args.tiny:
+        dim = TINY_TRANSFORMER["text_dim"]
+        bank = {name: tiny_prompt_embedding(text, args.text_seq_len, dim) for name, text in prompts}
+    else:
+        bank, dim = encode_prompts_with_checkpoint(Path(args.checkpoint), prompts, args.text_seq_len,
+                                                   args.text_encoder_dtype, args.device)
+        cfg = Path(args.checkpoint) / "transformer" / "config.json"
+        if cfg.exists():
+            import json
+
+            td = json.loads(cfg.read_text()).get("text_dim")
+            if td is not None and td != dim:
+                raise SystemExit(f"text encoder width {dim} != transformer text_dim {td}")
+    path = out / "embeddings.safetensors"
+    save_file(bank, str(path), metadata={name: text for name, text in prompts})
+    canonicalize_safetensors(path)
+    # Check what was written.
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    back = load_file(str(path))
+    with safe_open(str(path), "pt") as f:
+        ok_meta = f.metadata() == {name: text for name, text in prompts}
+    ok = set(back) == set(bank) and all(torch.equal(back[k], bank[k]) for k in bank)
+    ok &= all(list(v.shape) == [args.text_seq_len, dim] and v.dtype == torch.float32 for v in back.values())
+    ok &= all(torch.isfinite(v).all() for v in back.values()) and ok_meta
+    log(f"{'OK  ' if ok else 'FAIL'} embeddings.safetensors: {len(bank)} prompts x [{args.text_seq_len}, {dim}] "
+        f"{path.stat().st_size / 1e6:.3f} MB")
+    if ok and (out / "manifest.ron").exists() and args.command == "embed":
+        text = (out / "manifest.ron").read_text()
+        new = re.sub(r'(embeddings: \(\n\s+file: "[^"]*",\n\s+sha256: )"[0-9a-f]*"',
+                     lambda m: m.group(1) + '"' + sha256_file(path) + '"', text, count=1)
+        (out / "manifest.ron").write_text(new)
+        log("updated the embeddings sha256 in manifest.ron")
+    return ok
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        prog="export.py",
+        description="Export Helios-Distilled (diffusers 0.42.1) to the ONNX graphs, prompt bank and manifest.ron "
+                    "that bevy_helios loads (docs/graph-contract.md).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp, graphs: bool, embed: bool):
+        src = sp.add_mutually_exclusive_group(required=True)
+        src.add_argument("--checkpoint", help="diffusers-format Helios checkpoint directory")
+        src.add_argument("--tiny", action="store_true", help="tiny random-weight model (spec 3.4) from --seed")
+        sp.add_argument("--seed", type=int, default=0, help="seed for tiny weights and verification inputs")
+        sp.add_argument("--out", required=True, help="output model directory, e.g. models/helios-tiny")
+        sp.add_argument("--text-seq-len", type=int, default=None,
+                        help="prompt rows (tiny: 16; real: 512 = the pipeline's max_sequence_length)")
+        sp.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="where torch runs the models (tracing on cuda failed with torch 2.11: no ONNX "
+                             "lowering for aten._fused_rms_norm; cpu is the tested path for graphs)")
+        if graphs:
+            sp.add_argument("--name", default=None, help="model name in the manifest (default: --out basename)")
+            sp.add_argument("--height", type=int, default=None, help="pixels, multiple of 64 (tiny 64, real 384)")
+            sp.add_argument("--width", type=int, default=None, help="pixels, multiple of 64 (tiny 64, real 640)")
+            sp.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="transformer compute dtype")
+            sp.add_argument("--opset", type=int, default=None,
+                            help="ONNX opset (default 18; 22 for bf16, the first opset whose Conv takes bf16)")
+            sp.add_argument("--ort-provider", default="cpu", choices=["cpu", "cuda"],
+                            help="onnxruntime provider for verification (cuda needs onnxruntime-gpu; ORT's CPU "
+                                 "provider has no bf16 Conv/MatMul kernels)")
+            sp.add_argument("--dynamic-shifting", choices=["true", "false"], default=None,
+                            help="scheduler use_dynamic_shifting (default: true for --tiny, else the checkpoint's "
+                                 "scheduler config, true if it has none)")
+            sp.add_argument("--cholesky-device", default="cpu", choices=["cpu", "cuda"],
+                            help="device whose fp32 block-noise Cholesky factor is baked in and recorded")
+            sp.add_argument("--cholesky-source", default=None, choices=["native", "probe"],
+                            help="native: torch.linalg.cholesky on --cholesky-device, as sample_block_noise does; "
+                                 "probe: the factor shared/design/helios-sampler.md 1.5 recorded for that device "
+                                 "(default: probe for --tiny so it is machine-independent, native otherwise)")
+            sp.add_argument("--save-checkpoint", default=None,
+                            help="with --tiny: also keep the diffusers-format tiny checkpoint in this directory")
+            sp.add_argument("--verify", default="full", choices=["full", "light", "io"],
+                            help="full: onnxruntime run for every graph; light: not for the denoisers (a real 14B "
+                                 "model on CPU, or bf16 without --ort-provider cuda); io: checker + contract I/O only")
+            sp.add_argument("--external-data-threshold", type=int, default=EXTERNAL_DATA_BYTES,
+                            help="weights above this many bytes go to ONNX external data; the denoiser stages "
+                                 f"then share one {SHARED_DENOISER_DATA} (set 0 to test this with --tiny)")
+            sp.add_argument("--only", default=None, help=argparse.SUPPRESS)  # debugging: comma-separated keys
+        if embed:
+            sp.add_argument("--prompts", default=str(PROMPTS_FILE), help="`name: prompt text` lines")
+            sp.add_argument("--text-encoder-dtype", default="bf16", choices=list(DTYPES),
+                            help="UMT5 dtype (the reference runs it in bf16)")
+
+    common(sub.add_parser("graphs", help="write the ONNX graphs + manifest.ron",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter), True, False)
+    common(sub.add_parser("embed", help="write embeddings.safetensors from the prompts file",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter), False, True)
+    common(sub.add_parser("all", help="embed + graphs + manifest.ron",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter), True, True)
+    args = p.parse_args(argv)
+    if args.command in ("graphs", "all"):
+        if args.save_checkpoint and not args.tiny:
+            p.error("--save-checkpoint only applies to --tiny")
+    else:
+        args.height = args.width = 64
+        args.name = None
+    return args
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    resolve_common(args)
+    torch.set_grad_enabled(False)
+    ok = True
+    if args.command in ("embed", "all"):
+        ok &= run_embed(args, argv)
+    if ok and args.command in ("graphs", "all"):
+        source = ModelSource(args)
+        try:
+            ok &= run_graphs(args, source, argv)
+        finally:
+            source.close()
+    log("done" if ok else "FAILED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
