@@ -250,6 +250,8 @@ fn mix_weights(a: &PromptWeights, b: &PromptWeights, t: f32) -> PromptWeights {
     for (k, v) in &b.0 {
         *out.entry(k.clone()).or_insert(0.0) += t * v.max(0.0) / nb;
     }
+    // a finished fade leaves the old prompts at weight 0: drop them so reports show only what is used
+    out.retain(|_, w| *w > 0.0);
     PromptWeights(out)
 }
 

@@ -253,17 +253,19 @@ impl Sampler {
 /// `round(255·clamp(x/2 + ½, 0, 1))`).
 pub fn video_to_rgba(video: &Array5<f32>) -> Vec<Vec<u8>> {
     let (_, _, t, h, w) = video.dim();
+    let plane = h * w;
+    let standard = video.as_standard_layout();
+    let data = standard.as_slice().expect("standard layout is contiguous");
+    let to_u8 = |v: f32| ((v * 0.5 + 0.5).clamp(0.0, 1.0) * 255.0).round_ties_even() as u8;
     (0..t)
         .map(|f| {
-            let mut out = Vec::with_capacity(h * w * 4);
-            for y in 0..h {
-                for x in 0..w {
-                    for c in 0..3 {
-                        let v = (video[[0, c, f, y, x]] * 0.5 + 0.5).clamp(0.0, 1.0);
-                        out.push((v * 255.0).round_ties_even() as u8);
-                    }
-                    out.push(255);
-                }
+            // channel c of frame f is the contiguous plane (c·T + f)·H·W
+            let [r, g, b] = [0, 1, 2].map(|c| &data[(c * t + f) * plane..(c * t + f + 1) * plane]);
+            let mut out = vec![255u8; plane * 4];
+            for (i, px) in out.chunks_exact_mut(4).enumerate() {
+                px[0] = to_u8(r[i]);
+                px[1] = to_u8(g[i]);
+                px[2] = to_u8(b[i]);
             }
             out
         })
