@@ -290,7 +290,10 @@ impl bevy_helios::core::sampler::Denoiser for NanNets {
 }
 
 impl bevy_helios::core::sampler::Decoder for NanNets {
-    fn decode(&mut self, _latents: &ndarray::Array5<f32>) -> Result<ndarray::Array5<f32>, HeliosError> {
+    fn decode(
+        &mut self,
+        _latents: &ndarray::Array5<f32>,
+    ) -> Result<ndarray::Array5<f32>, HeliosError> {
         Err(HeliosError::InvalidInput("never reached".into()))
     }
 }
@@ -315,6 +318,9 @@ fn non_finite_output_is_a_typed_error_and_keeps_the_stream() -> TestResult {
         Err(other) => panic!("expected NonFinite, got {other}"),
         Ok(_) => panic!("NaN output must not produce a chunk"),
     }
-    assert_eq!(state, before, "a failed chunk must leave the stream state as it was");
+    assert_eq!(
+        state, before,
+        "a failed chunk must leave the stream state as it was"
+    );
     Ok(())
 }
