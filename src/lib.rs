@@ -30,6 +30,31 @@
 pub mod core;
 pub mod error;
 
+#[cfg(feature = "plugin")]
+pub mod backend;
+#[cfg(feature = "plugin")]
+pub mod conditioning;
+#[cfg(feature = "plugin")]
+pub mod cutscene;
+#[cfg(feature = "plugin")]
+pub mod diagnostics;
+#[cfg(feature = "plugin")]
+pub mod export;
+#[cfg(feature = "inspector")]
+pub mod inspector;
+#[cfg(feature = "plugin")]
+pub mod playout;
+#[cfg(feature = "plugin")]
+pub mod plugin;
+#[cfg(feature = "plugin")]
+pub mod screen;
+#[cfg(feature = "plugin")]
+pub mod settings;
+#[cfg(feature = "plugin")]
+pub mod status;
+#[cfg(feature = "plugin")]
+pub mod worker;
+
 pub use error::HeliosError;
 
 /// The types most users need.
@@ -39,4 +64,21 @@ pub mod prelude {
     pub use crate::core::runtime::{Provider, RuntimeConfig};
     pub use crate::core::stream::{Chunk, GenerationState, StreamConfig, StreamId};
     pub use crate::error::HeliosError;
+
+    #[cfg(feature = "inspector")]
+    pub use crate::inspector::HeliosInspectorPlugin;
+    #[cfg(feature = "plugin")]
+    pub use crate::{
+        backend::{HeliosBackend, ModelInfo},
+        conditioning::{Conditioning, HeliosConditioningExt},
+        cutscene::{
+            Cutscene, CutsceneFailed, CutsceneFinished, CutsceneOutcome, CutsceneShotStarted,
+            PlayCutscene, SkipCutscene,
+        },
+        export::StreamRecorder,
+        plugin::{HeliosPlugin, HeliosSystems},
+        screen::{HeliosScreen, HeliosStream, HeliosStreamStats, StreamPriority},
+        settings::HeliosSettings,
+        status::{HeliosLoadFailed, HeliosModelInfo, HeliosStatus, StreamFailed, helios_ready},
+    };
 }

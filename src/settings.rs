@@ -1,0 +1,128 @@
+//! [`HeliosSettings`]: where the model is, which providers to try, how fast to play and how much to
+//! generate ahead. Pass it to [`HeliosPlugin::with_settings`](crate::plugin::HeliosPlugin::with_settings)
+//! or insert the resource before the plugin. The model, providers, GPU budget and backend are read
+//! when the worker starts (in `Startup`); playout rate, streams, look-ahead, crossfade, visibility and
+//! fast start apply while running.
+
+use std::path::PathBuf;
+
+use bevy::prelude::*;
+
+use crate::backend::{HeliosBackend, LoadRequest, resolve_model_dir};
+use crate::core::runtime::{Provider, RuntimeConfig};
+
+/// Which components decide whether a screen is on screen (off-screen screens pause).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum VisibilitySource {
+    /// Read `ViewVisibility` (meshes) and `InheritedVisibility` (UI nodes) when Bevy's visibility
+    /// systems run (`VisibilityPlugin`, part of `DefaultPlugins`); otherwise every screen is on screen.
+    #[default]
+    Auto,
+    /// Always read the components, even if nothing computes them (tests set them by hand).
+    Components,
+    /// Every screen is always on screen: nothing pauses for visibility.
+    Ignore,
+}
+
+/// Settings of the Helios plugin.
+#[derive(Resource, Clone, Debug)]
+pub struct HeliosSettings {
+    /// The exported model directory. Relative paths are resolved against the working directory, then
+    /// the executable's directory, then this crate's directory ([`resolve_model_dir`]).
+    pub model_dir: PathBuf,
+    /// Execution providers to try in order (default TensorRT, CUDA, CPU).
+    pub providers: Vec<Provider>,
+    /// CPU threads per graph (None: ONNX Runtime's default).
+    pub intra_threads: Option<usize>,
+    /// Check model file hashes on load.
+    pub verify_hashes: bool,
+    /// GPU budget: CUDA arena limit in bytes, applied to every CUDA provider of the chain.
+    pub gpu_memory_limit: Option<usize>,
+    /// Playout rate of every screen, frames per second (Helios is trained at 24).
+    pub playout_fps: f32,
+    /// Most streams generating at once; the scheduler serves the highest-priority ones.
+    pub max_streams: usize,
+    /// Chunks to keep queued ahead of playout per stream (1 = least latency to prompt changes,
+    /// 2 = fewer stalls).
+    pub chunks_ahead: usize,
+    /// Skip the doubled step count of each stream's first chunk ("amplify"): faster first frame, at
+    /// some quality cost. Can be changed at run time.
+    pub fast_start: bool,
+    /// Default chunks a prompt change blends over (a screen may override).
+    pub crossfade_chunks: u32,
+    /// How screens are found to be off screen.
+    pub visibility: VisibilitySource,
+    /// What the worker loads (ONNX Runtime by default).
+    pub backend: HeliosBackend,
+    /// Worker restarts after panics before the plugin gives up (status `Failed`).
+    pub max_restarts: u32,
+}
+
+impl Default for HeliosSettings {
+    fn default() -> Self {
+        Self {
+            model_dir: PathBuf::from("models/helios-tiny"),
+            providers: Provider::default_chain(),
+            intra_threads: None,
+            verify_hashes: true,
+            gpu_memory_limit: None,
+            playout_fps: 24.0,
+            max_streams: 8,
+            chunks_ahead: 2,
+            fast_start: false,
+            crossfade_chunks: 1,
+            visibility: VisibilitySource::Auto,
+            backend: HeliosBackend::onnx(),
+            max_restarts: 3,
+        }
+    }
+}
+
+impl HeliosSettings {
+    /// The ONNX Runtime configuration these settings describe (GPU budget applied to CUDA).
+    pub fn runtime_config(&self) -> RuntimeConfig {
+        let providers = self
+            .providers
+            .iter()
+            .cloned()
+            .map(|p| match p {
+                Provider::Cuda(mut o) if self.gpu_memory_limit.is_some() => {
+                    o.memory_limit = self.gpu_memory_limit;
+                    Provider::Cuda(o)
+                }
+                other => other,
+            })
+            .collect();
+        RuntimeConfig {
+            providers,
+            intra_threads: self.intra_threads,
+            verify_hashes: self.verify_hashes,
+        }
+    }
+
+    /// What the worker loads (resolves the model directory; touches the file system).
+    pub fn load_request(&self) -> LoadRequest {
+        LoadRequest {
+            model_dir: resolve_model_dir(&self.model_dir),
+            runtime: self.runtime_config(),
+            fast_start: self.fast_start,
+        }
+    }
+
+    /// Builder: model directory.
+    pub fn with_model_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.model_dir = dir.into();
+        self
+    }
+
+    /// Builder: backend.
+    pub fn with_backend(mut self, backend: HeliosBackend) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// Seconds one frame stays on screen.
+    pub fn frame_duration(&self) -> f64 {
+        1.0 / f64::from(self.playout_fps.max(0.1))
+    }
+}
