@@ -78,3 +78,125 @@ pub fn max_abs_diff(a: impl IntoIterator<Item = f64>, b: &[f64]) -> (f64, f64) {
     }
     (err, scale)
 }
+
+/// Bevy test apps: `MinimalPlugins` + `AssetPlugin` over an in-memory directory + `HeliosPlugin`,
+/// manual time, and a wall-clock-bounded `update_until` (a real worker thread runs).
+#[cfg(feature = "plugin")]
+pub mod app {
+    use std::time::{Duration, Instant};
+
+    use bevy::asset::io::memory::{Dir, MemoryAssetReader};
+    use bevy::asset::io::{AssetSourceBuilder, AssetSourceId};
+    use bevy::prelude::*;
+    use bevy::time::TimeUpdateStrategy;
+    use bevy_helios::backend::HeliosBackend;
+    use bevy_helios::prelude::*;
+
+    /// One playout frame at 24 fps: each update makes exactly one frame due.
+    pub fn frame() -> Duration {
+        Duration::from_secs_f64(1.0 / 24.0)
+    }
+
+    /// Settings for the tiny model's manifest and bank with the synthetic pattern networks.
+    pub fn pattern_settings() -> HeliosSettings {
+        HeliosSettings {
+            model_dir: super::tiny_model_dir(),
+            backend: HeliosBackend::pattern(),
+            ..default()
+        }
+    }
+
+    /// A finished test app and its in-memory asset directory.
+    pub fn test_app(settings: HeliosSettings) -> (App, Dir) {
+        let mut app = App::new();
+        let dir = Dir::default();
+        let reader_dir = dir.clone();
+        app.register_asset_source(
+            AssetSourceId::Default,
+            AssetSourceBuilder::new(move || {
+                Box::new(MemoryAssetReader {
+                    root: reader_dir.clone(),
+                })
+            }),
+        )
+        .add_plugins((
+            MinimalPlugins,
+            AssetPlugin {
+                watch_for_changes_override: Some(false),
+                use_asset_processor_override: Some(false),
+                ..default()
+            },
+            HeliosPlugin::with_settings(settings),
+        ))
+        .insert_resource(TimeUpdateStrategy::ManualDuration(frame()));
+        app.finish();
+        app.cleanup();
+        (app, dir)
+    }
+
+    /// Updates until `pred` holds or `deadline` of wall time passes; returns the number of updates.
+    pub fn update_until(
+        app: &mut App,
+        deadline: Duration,
+        mut pred: impl FnMut(&mut World) -> bool,
+    ) -> Result<u32, String> {
+        let start = Instant::now();
+        let mut n = 0;
+        loop {
+            app.update();
+            n += 1;
+            if pred(app.world_mut()) {
+                return Ok(n);
+            }
+            if start.elapsed() > deadline {
+                return Err(format!(
+                    "condition not reached after {n} updates ({deadline:?} of wall time)"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Collects every message of type `M` written so far (call once per update).
+    #[derive(Default)]
+    pub struct Collected<M: Message + Clone> {
+        pub items: Vec<M>,
+        cursor: Option<bevy::ecs::message::MessageCursor<M>>,
+    }
+
+    impl<M: Message + Clone> Collected<M> {
+        pub fn new() -> Self {
+            Self {
+                items: Vec::new(),
+                cursor: None,
+            }
+        }
+
+        pub fn poll(&mut self, world: &World) {
+            let messages = world.resource::<Messages<M>>();
+            let cursor = self.cursor.get_or_insert_with(|| messages.get_cursor());
+            self.items.extend(cursor.read(messages).cloned());
+        }
+    }
+
+    /// The stream state and stats of a screen.
+    pub fn screen(world: &World, e: Entity) -> (&HeliosStream, &HeliosStreamStats) {
+        let stream = world
+            .get::<HeliosStream>(e)
+            .expect("screen entity has HeliosStream (required by HeliosScreen)");
+        let stats = world
+            .get::<HeliosStreamStats>(e)
+            .expect("screen entity has HeliosStreamStats");
+        (stream, stats)
+    }
+
+    /// The pixels currently in a screen's image.
+    pub fn screen_pixels(world: &World, e: Entity) -> Vec<u8> {
+        let (stream, _) = screen(world, e);
+        let images = world.resource::<Assets<Image>>();
+        images
+            .get(stream.image())
+            .and_then(|i| i.data.clone())
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,686 @@
+//! A room with generated-video screens: a "window" whose prompt follows an in-game clock
+//! (day → dusk → night → dawn), a "mood" screen that gets excited as the player comes close, a small UI
+//! monitor, and a glowing floor zone that plays `assets/cutscenes/intro.cutscene.ron`, whose first
+//! shot depends on the choice the player made.
+//!
+//! Look at: the window drifting through the day, the mood screen changing as you walk up to it, the
+//! fullscreen cutscene after pressing 1 (hero) or 2 (villain) and stepping onto the zone.
+//! Controls: WASD / arrows move, 1 / 2 choose, Space skips the cutscene, F2 the inspector (with
+//! `--features inspector`).
+//!
+//! ```sh
+//! cargo run --release --example demo                       # models/helios-tiny on the best provider
+//! cargo run --release --example demo -- --pattern          # no ONNX Runtime: synthetic networks
+//! cargo run --example demo -- --frames 120 --screenshot-at 40:out/a.png --screenshot out/b.png
+//! ```
+//!
+//! Flags:
+//! - `--frames N`: scripted run; exits by itself N frames after every screen shows video.
+//! - `--screenshot PATH`: save the window at the last scripted frame (PNG), plus `PATH.regions.txt`
+//!   with each screen's pixel rectangle (`name x0 y0 x1 y1`).
+//! - `--screenshot-at F:PATH`: also save one at scripted frame F (repeatable).
+//! - `--autopilot`: the player walks towards the mood screen by itself.
+//! - `--intro-at F:CHOICE`: at scripted frame F, choose `hero` or `villain` and play the intro.
+//! - `--pattern`: the pattern backend instead of ONNX Runtime.
+//! - `--inspector`: open the inspector at start (built with `--features inspector`; F2 toggles it).
+//! - `--model DIR`: another exported model directory.
+//! - `--size WxH`: window size (default 1280x720).
+//! - `--timeout SECS`: scripted runs fail (exit 2) if video has not started by then (default 600).
+
+use std::f32::consts::{FRAC_PI_2, PI};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bevy::camera::primitives::MeshAabb;
+use bevy::prelude::*;
+use bevy::render::view::screenshot::{Screenshot, ScreenshotCaptured, save_to_disk};
+use bevy::window::PrimaryWindow;
+use bevy_helios::backend::HeliosBackend;
+use bevy_helios::prelude::*;
+use bevy_helios::screen::StreamState;
+
+/// Room half-size in metres.
+const ROOM: f32 = 6.0;
+/// Player speed, metres per second.
+const PLAYER_SPEED: f32 = 3.0;
+/// Real seconds per in-game day.
+const DAY_SECONDS: f32 = 60.0;
+/// Distance at which the mood screen is fully calm.
+const MOOD_RANGE: f32 = 7.0;
+/// Scripted runs count frames only after this many (pipelines compile in the background).
+const WARMUP_FRAMES: u32 = 60;
+/// Where the cutscene zone is.
+const ZONE: Vec3 = Vec3::new(4.0, 0.0, 2.5);
+/// Zone radius.
+const ZONE_RADIUS: f32 = 1.0;
+
+#[derive(Resource, Clone, Debug, Default)]
+struct Args {
+    frames: Option<u32>,
+    screenshot: Option<PathBuf>,
+    screenshot_at: Vec<(u32, PathBuf)>,
+    autopilot: bool,
+    intro_at: Option<(u32, String)>,
+    pattern: bool,
+    model: Option<PathBuf>,
+    size: (u32, u32),
+    timeout: f32,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        size: (1280, 720),
+        timeout: 600.0,
+        ..default()
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--frames" => {
+                args.frames = Some(value()?.parse().map_err(|e| format!("--frames: {e}"))?)
+            }
+            "--screenshot" => args.screenshot = Some(value()?.into()),
+            "--screenshot-at" => {
+                let v = value()?;
+                let (f, p) = v
+                    .split_once(':')
+                    .ok_or("--screenshot-at takes FRAME:PATH")?;
+                args.screenshot_at.push((
+                    f.parse().map_err(|e| format!("--screenshot-at: {e}"))?,
+                    p.into(),
+                ));
+            }
+            "--autopilot" => args.autopilot = true,
+            "--inspector" => {}
+            "--intro-at" => {
+                let v = value()?;
+                let (f, c) = v.split_once(':').ok_or("--intro-at takes FRAME:CHOICE")?;
+                args.intro_at = Some((
+                    f.parse().map_err(|e| format!("--intro-at: {e}"))?,
+                    c.to_string(),
+                ));
+            }
+            "--pattern" => args.pattern = true,
+            "--model" => args.model = Some(value()?.into()),
+            "--size" => {
+                let v = value()?;
+                let (w, h) = v.split_once('x').ok_or("--size takes WxH")?;
+                args.size = (
+                    w.parse().map_err(|e| format!("--size: {e}"))?,
+                    h.parse().map_err(|e| format!("--size: {e}"))?,
+                );
+            }
+            "--timeout" => {
+                args.timeout = value()?.parse().map_err(|e| format!("--timeout: {e}"))?
+            }
+            "--help" | "-h" => return Err("see the flags at the top of examples/demo.rs".into()),
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    if (args.screenshot.is_some() || !args.screenshot_at.is_empty()) && args.frames.is_none() {
+        args.frames = Some(
+            args.screenshot_at
+                .iter()
+                .map(|(f, _)| *f)
+                .max()
+                .unwrap_or(0)
+                .max(1),
+        );
+    }
+    Ok(args)
+}
+
+fn main() -> AppExit {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("demo: {e}");
+            return AppExit::error();
+        }
+    };
+    let mut settings = HeliosSettings::default();
+    if args.pattern {
+        settings.backend = HeliosBackend::pattern();
+    }
+    if let Some(dir) = &args.model {
+        settings.model_dir = dir.clone();
+    }
+    let mut app = App::new();
+    // `assets/` next to the working directory, the executable or this crate, however it is started.
+    let assets = bevy_helios::backend::resolve_model_dir(std::path::Path::new("assets"));
+    app.add_plugins(
+        DefaultPlugins
+            .set(AssetPlugin {
+                file_path: assets.to_string_lossy().into_owned(),
+                ..default()
+            })
+            .set(WindowPlugin {
+                primary_window: Some(Window {
+                    title: "bevy_helios demo".into(),
+                    resolution: args.size.into(),
+                    ..default()
+                }),
+                ..default()
+            }),
+    )
+    .add_plugins(HeliosPlugin::with_settings(settings))
+    .insert_resource(args)
+    .insert_resource(GlobalAmbientLight {
+        brightness: 250.0,
+        ..default()
+    })
+    .init_resource::<GameClock>()
+    .init_resource::<Choice>()
+    .init_resource::<Script>()
+    .add_systems(Startup, setup)
+    .add_systems(
+        Update,
+        (
+            advance_clock,
+            move_player,
+            choose,
+            enter_zone,
+            skip,
+            show_choice,
+            log_status,
+        )
+            .before(HeliosSystems::Conditioning),
+    )
+    .add_systems(Update, scripted_run)
+    .add_helios_conditioning::<With<WindowScreen>, _>(window_prompt)
+    .add_helios_conditioning::<With<MoodScreen>, _>(mood_prompt)
+    .add_observer(cutscene_finished);
+    #[cfg(feature = "inspector")]
+    app.add_plugins(bevy_helios::inspector::HeliosInspectorPlugin {
+        open: std::env::args().any(|a| a == "--inspector"),
+    });
+    app.run()
+}
+
+/// The in-game time of day in hours (0..24).
+#[derive(Resource, Debug)]
+struct GameClock(f32);
+
+impl Default for GameClock {
+    fn default() -> Self {
+        Self(10.0)
+    }
+}
+
+/// The player's choice for the intro cutscene.
+#[derive(Resource, Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Choice {
+    #[default]
+    None,
+    Hero,
+    Villain,
+}
+
+#[derive(Component)]
+struct Player;
+#[derive(Component)]
+struct WindowScreen;
+#[derive(Component)]
+struct MoodScreen;
+#[derive(Component)]
+struct Zone {
+    armed: bool,
+}
+#[derive(Component)]
+struct ChoicePillar(Choice);
+#[derive(Resource)]
+struct Intro(Handle<Cutscene>);
+
+fn setup(
+    mut commands: Commands,
+    mut meshes: ResMut<Assets<Mesh>>,
+    mut materials: ResMut<Assets<StandardMaterial>>,
+    assets: Res<AssetServer>,
+) {
+    commands.insert_resource(Intro(assets.load("cutscenes/intro.cutscene.ron")));
+    let wall = materials.add(StandardMaterial {
+        base_color: Color::srgb(0.55, 0.52, 0.5),
+        ..default()
+    });
+    let floor = materials.add(StandardMaterial {
+        base_color: Color::srgb(0.3, 0.3, 0.33),
+        ..default()
+    });
+    // Room: floor and three walls.
+    commands.spawn((
+        Mesh3d(meshes.add(Plane3d::default().mesh().size(2.0 * ROOM, 2.0 * ROOM))),
+        MeshMaterial3d(floor),
+    ));
+    for (pos, size) in [
+        (Vec3::new(0.0, 2.0, -ROOM), Vec3::new(2.0 * ROOM, 4.0, 0.2)),
+        (Vec3::new(-ROOM, 2.0, 0.0), Vec3::new(0.2, 4.0, 2.0 * ROOM)),
+        (Vec3::new(ROOM, 2.0, 0.0), Vec3::new(0.2, 4.0, 2.0 * ROOM)),
+    ] {
+        commands.spawn((
+            Mesh3d(meshes.add(Cuboid::from_size(size))),
+            MeshMaterial3d(wall.clone()),
+            Transform::from_translation(pos),
+        ));
+    }
+    // Screen 1: a window on the back wall; its prompt follows the clock.
+    commands.spawn((
+        Name::new("window"),
+        WindowScreen,
+        HeliosScreen::new(PromptWeights::one("day"))
+            .with_seed(1)
+            .with_crossfade(2),
+        Mesh3d(meshes.add(Rectangle::new(4.8, 2.7))),
+        MeshMaterial3d(materials.add(StandardMaterial::default())),
+        Transform::from_xyz(0.0, 2.1, -ROOM + 0.12),
+    ));
+    // Screen 2: the mood screen on the left wall; calm far away, excited close up.
+    commands.spawn((
+        Name::new("mood"),
+        MoodScreen,
+        HeliosScreen::new(PromptWeights::one("calm"))
+            .with_seed(2)
+            .with_priority(StreamPriority::Foreground),
+        Mesh3d(meshes.add(Rectangle::new(3.2, 2.2))),
+        MeshMaterial3d(materials.add(StandardMaterial::default())),
+        Transform::from_xyz(-ROOM + 0.12, 2.0, -1.0)
+            .with_rotation(Quat::from_rotation_y(FRAC_PI_2)),
+    ));
+    // Screen 3: a small UI monitor (an ImageNode), background priority.
+    commands.spawn((
+        Name::new("monitor"),
+        Node {
+            position_type: PositionType::Absolute,
+            right: Val::Px(12.0),
+            top: Val::Px(12.0),
+            width: Val::Px(128.0),
+            height: Val::Px(128.0),
+            ..default()
+        },
+        ImageNode::default(),
+        HeliosScreen::new(PromptWeights::one("city").with("night", 0.3))
+            .with_seed(3)
+            .with_priority(StreamPriority::Background),
+    ));
+    // The player.
+    commands.spawn((
+        Player,
+        Mesh3d(meshes.add(Capsule3d::new(0.3, 1.0))),
+        MeshMaterial3d(materials.add(StandardMaterial {
+            base_color: Color::srgb(0.9, 0.7, 0.2),
+            ..default()
+        })),
+        Transform::from_xyz(2.0, 0.8, 3.5),
+    ));
+    // The cutscene zone and the two choice pillars next to it.
+    commands.spawn((
+        Zone { armed: true },
+        Mesh3d(meshes.add(Cylinder::new(ZONE_RADIUS, 0.05))),
+        MeshMaterial3d(materials.add(StandardMaterial {
+            base_color: Color::srgb(0.2, 0.9, 0.5),
+            emissive: LinearRgba::rgb(0.2, 2.0, 0.8),
+            ..default()
+        })),
+        Transform::from_translation(ZONE + Vec3::Y * 0.03),
+    ));
+    for (choice, dx, color) in [
+        (Choice::Hero, -0.6, Color::srgb(0.2, 0.4, 1.0)),
+        (Choice::Villain, 0.6, Color::srgb(1.0, 0.2, 0.2)),
+    ] {
+        commands.spawn((
+            ChoicePillar(choice),
+            Mesh3d(meshes.add(Cuboid::new(0.3, 1.2, 0.3))),
+            MeshMaterial3d(materials.add(StandardMaterial {
+                base_color: color,
+                ..default()
+            })),
+            Transform::from_translation(ZONE + Vec3::new(dx, 0.6, -1.6)),
+        ));
+    }
+    commands.spawn((
+        PointLight {
+            intensity: 2_000_000.0,
+            range: 30.0,
+            ..default()
+        },
+        Transform::from_xyz(0.0, 5.5, 2.0),
+    ));
+    commands.spawn((
+        Camera3d::default(),
+        Transform::from_xyz(0.0, 6.5, 10.5).looking_at(Vec3::new(0.0, 1.5, -1.0), Vec3::Y),
+    ));
+    info!(
+        "demo: WASD/arrows move, 1 = hero, 2 = villain, step on the green zone for the intro, Space skips"
+    );
+}
+
+fn advance_clock(time: Res<Time>, mut clock: ResMut<GameClock>) {
+    clock.0 = (clock.0 + time.delta_secs() * 24.0 / DAY_SECONDS) % 24.0;
+}
+
+/// The window: blend of the two time-of-day prompts around the clock, in steps of 0.1 so the prompt
+/// changes a few times per in-game hour, not every frame.
+fn window_prompt(clock: Res<GameClock>) -> Conditioning {
+    const KEYS: [(f32, &str); 5] = [
+        (6.0, "dawn"),
+        (11.0, "day"),
+        (18.0, "dusk"),
+        (22.0, "night"),
+        (30.0, "dawn"),
+    ];
+    let h = if clock.0 < 6.0 {
+        clock.0 + 24.0
+    } else {
+        clock.0
+    };
+    let i = KEYS
+        .windows(2)
+        .position(|w| h >= w[0].0 && h < w[1].0)
+        .unwrap_or(3);
+    let ((a_h, a), (b_h, b)) = (KEYS[i], KEYS[i + 1]);
+    let t = ((h - a_h) / (b_h - a_h) * 10.0).round() / 10.0;
+    let prompt = if a == b || t <= 0.0 {
+        PromptWeights::one(a)
+    } else if t >= 1.0 {
+        PromptWeights::one(b)
+    } else {
+        PromptWeights::one(a).with(a, 1.0 - t).with(b, t)
+    };
+    Conditioning::new(prompt)
+}
+
+/// The mood screen: excited weight grows as the player comes close (steps of 0.25).
+fn mood_prompt(
+    player: Query<&Transform, With<Player>>,
+    screen: Query<&Transform, With<MoodScreen>>,
+) -> Conditioning {
+    let (Ok(p), Ok(s)) = (player.single(), screen.single()) else {
+        return Conditioning::new(PromptWeights::one("calm"));
+    };
+    let closeness = (1.0 - p.translation.distance(s.translation) / MOOD_RANGE).clamp(0.0, 1.0);
+    let excited = (closeness * 4.0).round() / 4.0;
+    let prompt = match excited {
+        0.0 => PromptWeights::one("calm"),
+        1.0 => PromptWeights::one("excited"),
+        e => PromptWeights::one("calm")
+            .with("calm", 1.0 - e)
+            .with("excited", e),
+    };
+    Conditioning::new(prompt)
+}
+
+fn move_player(
+    keys: Res<ButtonInput<KeyCode>>,
+    time: Res<Time>,
+    args: Res<Args>,
+    mood: Query<&Transform, (With<MoodScreen>, Without<Player>)>,
+    mut player: Query<&mut Transform, With<Player>>,
+) {
+    let Ok(mut t) = player.single_mut() else {
+        return;
+    };
+    let mut dir = Vec3::ZERO;
+    for (keys_for, d) in [
+        ([KeyCode::KeyW, KeyCode::ArrowUp], Vec3::NEG_Z),
+        ([KeyCode::KeyS, KeyCode::ArrowDown], Vec3::Z),
+        ([KeyCode::KeyA, KeyCode::ArrowLeft], Vec3::NEG_X),
+        ([KeyCode::KeyD, KeyCode::ArrowRight], Vec3::X),
+    ] {
+        if keys.any_pressed(keys_for) {
+            dir += d;
+        }
+    }
+    if args.autopilot
+        && let Ok(m) = mood.single()
+    {
+        let target = Vec3::new(m.translation.x + 1.2, t.translation.y, m.translation.z);
+        let to = target - t.translation;
+        if to.length() > 0.2 {
+            dir = to;
+        }
+    }
+    let step = dir.normalize_or_zero() * PLAYER_SPEED * time.delta_secs();
+    t.translation = (t.translation + step).clamp(
+        Vec3::new(-ROOM + 0.5, 0.8, -ROOM + 0.5),
+        Vec3::new(ROOM - 0.5, 0.8, ROOM - 0.5),
+    );
+    if dir != Vec3::ZERO {
+        t.rotation = Quat::from_rotation_y(f32::atan2(-dir.x, -dir.z) + PI);
+    }
+}
+
+fn choose(keys: Res<ButtonInput<KeyCode>>, mut choice: ResMut<Choice>) {
+    let new = if keys.just_pressed(KeyCode::Digit1) {
+        Choice::Hero
+    } else if keys.just_pressed(KeyCode::Digit2) {
+        Choice::Villain
+    } else {
+        return;
+    };
+    if *choice != new {
+        info!("demo: you chose {new:?}");
+        *choice = new;
+    }
+}
+
+fn show_choice(
+    choice: Res<Choice>,
+    pillars: Query<(&ChoicePillar, &MeshMaterial3d<StandardMaterial>)>,
+    mut materials: ResMut<Assets<StandardMaterial>>,
+) {
+    if !choice.is_changed() {
+        return;
+    }
+    for (pillar, material) in &pillars {
+        if let Some(mut m) = materials.get_mut(&material.0) {
+            let lit = pillar.0 == *choice;
+            m.emissive = if lit {
+                m.base_color.to_linear() * 4.0
+            } else {
+                LinearRgba::BLACK
+            };
+        }
+    }
+}
+
+/// Stepping onto the zone plays the intro with the current choice (default hero); it re-arms when the
+/// player leaves the zone.
+fn enter_zone(
+    player: Query<&Transform, With<Player>>,
+    mut zone: Query<(Entity, &mut Zone)>,
+    choice: Res<Choice>,
+    intro: Res<Intro>,
+    mut play: MessageWriter<PlayCutscene>,
+) {
+    let (Ok(p), Ok((zone_entity, mut zone))) = (player.single(), zone.single_mut()) else {
+        return;
+    };
+    let inside =
+        Vec2::new(p.translation.x - ZONE.x, p.translation.z - ZONE.z).length() < ZONE_RADIUS;
+    if inside && zone.armed {
+        zone.armed = false;
+        let value = match *choice {
+            Choice::Villain => "villain",
+            Choice::Hero => "hero",
+            Choice::None => {
+                info!("demo: no choice made (press 1 or 2), playing the hero intro");
+                "hero"
+            }
+        };
+        play.write(
+            PlayCutscene::new(intro.0.clone())
+                .with_variable("choice", value)
+                .with_target(zone_entity),
+        );
+    } else if !inside {
+        zone.armed = true;
+    }
+}
+
+fn skip(keys: Res<ButtonInput<KeyCode>>, mut skips: MessageWriter<SkipCutscene>) {
+    if keys.just_pressed(KeyCode::Space) {
+        skips.write(SkipCutscene);
+    }
+}
+
+fn cutscene_finished(done: On<CutsceneFinished>) {
+    info!(
+        "demo: cutscene finished on {}: {:?}",
+        done.entity, done.outcome
+    );
+}
+
+fn log_status(status: Res<HeliosStatus>) {
+    if status.is_changed() {
+        match &*status {
+            HeliosStatus::Failed(e) => {
+                warn!("demo: the model failed, screens show the fallback: {e}")
+            }
+            other => info!("demo: helios status {other:?}"),
+        }
+    }
+}
+
+/// Scripted runs: counts frames from the moment every screen shows video (or the model failed), takes
+/// the screenshots, and exits.
+#[derive(Resource, Default)]
+struct Script {
+    started: Option<u32>,
+    frame: u32,
+    pending: u32,
+    taken: u32,
+    begun: Option<Instant>,
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "screens, camera, window and outputs"
+)]
+fn scripted_run(
+    args: Res<Args>,
+    mut script: ResMut<Script>,
+    status: Res<HeliosStatus>,
+    screens: Query<(
+        &Name,
+        &HeliosStreamStats,
+        Option<&GlobalTransform>,
+        Option<&Mesh3d>,
+    )>,
+    meshes: Res<Assets<Mesh>>,
+    camera: Query<(&Camera, &GlobalTransform)>,
+    window: Query<&Window, With<PrimaryWindow>>,
+    mut commands: Commands,
+    mut exit: MessageWriter<AppExit>,
+    (intro, mut play): (Res<Intro>, MessageWriter<PlayCutscene>),
+) {
+    let Some(frames) = args.frames else { return };
+    let begun = *script.begun.get_or_insert_with(Instant::now);
+    script.frame += 1;
+    // Render pipelines compile asynchronously (seconds on a software rasteriser): give them frames.
+    let video = !screens.is_empty()
+        && screens
+            .iter()
+            .all(|(_, s, _, _)| s.state == StreamState::Playing || s.frames_shown > 0);
+    let ready = script.frame >= WARMUP_FRAMES && (status.error().is_some() || video);
+    if script.started.is_none() {
+        if ready {
+            info!(
+                "demo: every screen shows video after {} frames ({:.1} s)",
+                script.frame,
+                begun.elapsed().as_secs_f32()
+            );
+            script.started = Some(script.frame);
+        } else if begun.elapsed() > Duration::from_secs_f32(args.timeout) {
+            error!("demo: video did not start within {} s", args.timeout);
+            exit.write(AppExit::from_code(2));
+        }
+        return;
+    }
+    let n = script.frame - script.started.unwrap_or(0);
+    if let Some((at, choice)) = &args.intro_at
+        && *at == n
+    {
+        info!("demo: scripted intro with choice {choice}");
+        play.write(PlayCutscene::new(intro.0.clone()).with_variable("choice", choice.clone()));
+    }
+    let mut shots: Vec<PathBuf> = args
+        .screenshot_at
+        .iter()
+        .filter(|(f, _)| *f == n)
+        .map(|(_, p)| p.clone())
+        .collect();
+    if n == frames
+        && let Some(p) = &args.screenshot
+    {
+        shots.push(p.clone());
+    }
+    for path in shots {
+        if let Some(parent) = path.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        write_regions(&path, &screens, &meshes, &camera, &window);
+        script.pending += 1;
+        commands
+            .spawn(Screenshot::primary_window())
+            .observe(save_to_disk(path))
+            .observe(|_: On<ScreenshotCaptured>, mut script: ResMut<Script>| {
+                script.taken += 1;
+            });
+    }
+    if n >= frames && script.taken >= script.pending {
+        info!("demo: scripted run done ({n} frames after video start)");
+        exit.write(AppExit::Success);
+    }
+}
+
+/// Writes each in-world screen's rectangle in window pixels next to a screenshot.
+fn write_regions(
+    path: &std::path::Path,
+    screens: &Query<(
+        &Name,
+        &HeliosStreamStats,
+        Option<&GlobalTransform>,
+        Option<&Mesh3d>,
+    )>,
+    meshes: &Assets<Mesh>,
+    camera: &Query<(&Camera, &GlobalTransform)>,
+    window: &Query<&Window, With<PrimaryWindow>>,
+) {
+    let Ok((camera, cam_t)) = camera.single() else {
+        return;
+    };
+    let scale = window.single().map_or(1.0, |w| w.scale_factor());
+    let mut out = String::new();
+    for (name, _, transform, mesh) in screens {
+        let (Some(t), Some(mesh)) = (transform, mesh) else {
+            continue;
+        };
+        let Some(aabb) = meshes.get(&mesh.0).and_then(|m| m.compute_aabb()) else {
+            continue;
+        };
+        let (min, max) = (Vec3::from(aabb.min()), Vec3::from(aabb.max()));
+        let corners = [
+            min,
+            Vec3::new(max.x, min.y, min.z),
+            Vec3::new(min.x, max.y, max.z),
+            max,
+        ];
+        let points: Vec<Vec2> = corners
+            .iter()
+            .filter_map(|c| camera.world_to_viewport(cam_t, t.transform_point(*c)).ok())
+            .map(|p| p * scale)
+            .collect();
+        if points.len() == 4 {
+            let lo = points.iter().fold(Vec2::splat(f32::MAX), |a, p| a.min(*p));
+            let hi = points.iter().fold(Vec2::splat(f32::MIN), |a, p| a.max(*p));
+            out.push_str(&format!(
+                "{} {} {} {} {}\n",
+                name, lo.x as i32, lo.y as i32, hi.x as i32, hi.y as i32
+            ));
+        }
+    }
+    let regions = PathBuf::from(format!("{}.regions.txt", path.display()));
+    if let Err(e) = std::fs::write(&regions, out) {
+        warn!("demo: cannot write {}: {e}", regions.display());
+    }
+}
