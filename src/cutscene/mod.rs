@@ -202,6 +202,25 @@ fn resolve(
         .collect()
 }
 
+/// Ends a request that cannot play: `CutsceneFinished` with a `Failed` outcome, as a message and, when the
+/// request named a target, as an entity event.
+fn report_failure(
+    request: &PlayCutscene,
+    reason: String,
+    commands: &mut Commands,
+    finished: &mut MessageWriter<CutsceneFinished>,
+) {
+    let done = CutsceneFinished {
+        entity: request.target.unwrap_or(Entity::PLACEHOLDER),
+        cutscene: request.cutscene.id(),
+        outcome: CutsceneOutcome::Failed(reason),
+    };
+    if request.target.is_some() {
+        commands.trigger(done.clone());
+    }
+    finished.write(done);
+}
+
 /// Queues `PlayCutscene` requests; spawns the fullscreen player once the asset is loaded.
 #[expect(
     clippy::too_many_arguments,
@@ -231,16 +250,7 @@ pub(crate) fn start(
             if server.load_state(id).is_failed() {
                 let reason = format!("cutscene {:?} failed to load", request.cutscene.path());
                 tracing::error!("helios: {reason}");
-                let entity = request.target.unwrap_or(Entity::PLACEHOLDER);
-                let done = CutsceneFinished {
-                    entity,
-                    cutscene: id,
-                    outcome: CutsceneOutcome::Failed(reason),
-                };
-                if request.target.is_some() {
-                    commands.trigger(done.clone());
-                }
-                finished.write(done);
+                report_failure(&request, reason, &mut commands, &mut finished);
             } else {
                 waiting.push(request);
             }
@@ -250,16 +260,7 @@ pub(crate) fn start(
             Ok(shots) => shots,
             Err(reason) => {
                 tracing::error!("helios: cannot play cutscene: {reason}");
-                let entity = request.target.unwrap_or(Entity::PLACEHOLDER);
-                let done = CutsceneFinished {
-                    entity,
-                    cutscene: id,
-                    outcome: CutsceneOutcome::Failed(reason),
-                };
-                if request.target.is_some() {
-                    commands.trigger(done.clone());
-                }
-                finished.write(done);
+                report_failure(&request, reason, &mut commands, &mut finished);
                 continue;
             }
         };
