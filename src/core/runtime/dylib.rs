@@ -186,7 +186,7 @@ fn fetch_wheel(dest: &Path) -> Result<PathBuf, HeliosError> {
         n=0\n\
         for m in z.namelist():\n\
         \x20   b=os.path.basename(m)\n\
-        \x20   if m.startswith('onnxruntime/capi/') and 'onnxruntime' in b and (b.endswith('.so') or '.so.' in b or b.endswith('.dylib') or b.endswith('.dll')):\n\
+        \x20   if m.startswith('onnxruntime/capi/') and (b.startswith('libonnxruntime') or b.startswith('onnxruntime_providers') or b == 'onnxruntime.dll'):\n\
         \x20       open(os.path.join(out,b),'wb').write(z.read(m)); n+=1\n\
         print(n)";
     let out = Command::new(python())
