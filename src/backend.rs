@@ -52,41 +52,69 @@ pub trait HeliosGenerator: Send {
         _width: u32,
         _height: u32,
     ) -> Result<(), HeliosError> {
-        Err(HeliosError::InvalidInput(
-            "this backend has no image conditioning".into(),
-        ))
+        Err(no_image_conditioning())
     }
     /// Fast start: skip the doubled step count of a stream's first chunk.
     fn set_fast_start(&mut self, fast_start: bool);
 }
 
-fn info_of<N>(model: &HeliosModel<N>, provider: ProviderReport) -> ModelInfo
-where
-    N: Denoiser + Decoder,
-{
-    let m = model.manifest();
-    ModelInfo {
-        name: m.name.clone(),
-        width: m.width as u32,
-        height: m.height as u32,
-        frames_per_chunk: m.frames_per_chunk(),
-        prompts: model.bank().names().map(str::to_string).collect(),
-        provider,
+/// Networks a [`HeliosModel`] can drive inside the worker: what differs between ONNX Runtime and the
+/// synthetic pattern networks, so one [`HeliosGenerator`] impl serves both.
+pub trait GeneratorNetworks: Denoiser + Decoder + Send + Sized {
+    /// The provider report shown in status and the inspector.
+    fn provider(model: &HeliosModel<Self>) -> ProviderReport;
+    /// Image-to-video conditioning; the default says these networks cannot do it.
+    fn condition_on_image(
+        _model: &mut HeliosModel<Self>,
+        _state: &mut GenerationState,
+        _rgba: &[u8],
+        _width: u32,
+        _height: u32,
+    ) -> Result<(), HeliosError> {
+        Err(no_image_conditioning())
     }
 }
 
-fn fast_start_options<N: Denoiser + Decoder>(
-    model: &HeliosModel<N>,
-    fast_start: bool,
-) -> SamplerOptions {
-    SamplerOptions {
-        amplify_first_chunk: model.manifest().amplify_first_chunk && !fast_start,
+fn no_image_conditioning() -> HeliosError {
+    HeliosError::InvalidInput("this backend has no image conditioning".into())
+}
+
+impl GeneratorNetworks for OrtModel {
+    fn provider(model: &HeliosModel<Self>) -> ProviderReport {
+        model.provider().clone()
+    }
+    fn condition_on_image(
+        model: &mut HeliosModel<Self>,
+        state: &mut GenerationState,
+        rgba: &[u8],
+        width: u32,
+        height: u32,
+    ) -> Result<(), HeliosError> {
+        // the inherent I2V path of the ONNX model (inherent methods take precedence over this trait)
+        HeliosModel::condition_on_image(model, state, rgba, width, height)
     }
 }
 
-impl HeliosGenerator for HeliosModel<OrtModel> {
+impl GeneratorNetworks for PatternNetworks {
+    fn provider(_model: &HeliosModel<Self>) -> ProviderReport {
+        ProviderReport {
+            active: "pattern (no ONNX Runtime)".into(),
+            skipped: Vec::new(),
+        }
+    }
+}
+
+impl<N: GeneratorNetworks> HeliosGenerator for HeliosModel<N> {
     fn info(&self) -> ModelInfo {
-        info_of(self, self.provider().clone())
+        let m = self.manifest();
+        ModelInfo {
+            name: m.name.clone(),
+            width: m.width as u32,
+            height: m.height as u32,
+            frames_per_chunk: m.frames_per_chunk(),
+            prompts: self.bank().names().map(str::to_string).collect(),
+            provider: N::provider(self),
+        }
     }
     fn new_stream(&mut self, config: &StreamConfig) -> Result<GenerationState, HeliosError> {
         HeliosModel::new_stream(self, config)
@@ -104,36 +132,13 @@ impl HeliosGenerator for HeliosModel<OrtModel> {
         width: u32,
         height: u32,
     ) -> Result<(), HeliosError> {
-        HeliosModel::condition_on_image(self, state, rgba, width, height)
+        N::condition_on_image(self, state, rgba, width, height)
     }
     fn set_fast_start(&mut self, fast_start: bool) {
-        let options = fast_start_options(self, fast_start);
-        self.set_sampler_options(options);
-    }
-}
-
-impl HeliosGenerator for HeliosModel<PatternNetworks> {
-    fn info(&self) -> ModelInfo {
-        info_of(
-            self,
-            ProviderReport {
-                active: "pattern (no ONNX Runtime)".into(),
-                skipped: Vec::new(),
-            },
-        )
-    }
-    fn new_stream(&mut self, config: &StreamConfig) -> Result<GenerationState, HeliosError> {
-        HeliosModel::new_stream(self, config)
-    }
-    fn check_prompt(&self, weights: &PromptWeights) -> Result<(), HeliosError> {
-        self.bank().blend(weights).map(|_| ())
-    }
-    fn next_chunk(&mut self, state: &mut GenerationState) -> Result<Chunk, HeliosError> {
-        HeliosModel::next_chunk(self, state)
-    }
-    fn set_fast_start(&mut self, fast_start: bool) {
-        let options = fast_start_options(self, fast_start);
-        self.set_sampler_options(options);
+        let amplify_first_chunk = self.manifest().amplify_first_chunk && !fast_start;
+        self.set_sampler_options(SamplerOptions {
+            amplify_first_chunk,
+        });
     }
 }
 
