@@ -24,6 +24,8 @@ pub enum DType {
     F16,
     /// 64-bit signed integer.
     I64,
+    /// 8-bit unsigned integer (decoded RGBA frames of `vae_decoder_rgba8`).
+    U8,
 }
 
 /// One named tensor of a graph's signature.

@@ -160,6 +160,7 @@ fn element_type(dtype: DType) -> TensorElementType {
         DType::Bf16 => TensorElementType::Bfloat16,
         DType::F16 => TensorElementType::Float16,
         DType::I64 => TensorElementType::Int64,
+        DType::U8 => TensorElementType::Uint8,
     }
 }
 
