@@ -836,7 +836,10 @@ def resolve_common(args) -> None:
     if args.width is None:
         args.width = 64 if args.tiny else 640
     if args.text_seq_len is None:
-        args.text_seq_len = 16 if args.tiny else 512
+        if getattr(args, "text_encoder", "checkpoint") == "minilm":
+            args.text_seq_len = 1  # helios-nano: one sentence-embedding token
+        else:
+            args.text_seq_len = 16 if args.tiny else 512
     for v, n in ((args.height, "height"), (args.width, "width")):
         if v <= 0 or v % 64:
             raise SystemExit(f"--{n} {v} must be a positive multiple of 64 (3 pyramid stages x patch 2 x VAE 8)")
@@ -1034,6 +1037,28 @@ def encode_prompts_with_checkpoint(checkpoint: Path, prompts, seq: int, te_dtype
     return result, int(text_encoder.config.d_model)
 
 
+def encode_prompts_minilm(prompts, seq: int):
+    """helios-nano's text conditioning (tools/nano/minilm.py): the all-MiniLM-L6-v2 sentence embedding (masked
+    mean of the last hidden state, L2-normalised) as a single row [1, 384]."""
+    if seq != 1:
+        raise SystemExit(f"--text-encoder minilm gives one row per prompt; --text-seq-len must be 1, not {seq}")
+    sys.path.insert(0, str(REPO_ROOT / "tools" / "nano"))
+    import minilm
+
+    emb = minilm.embed([text for _, text in prompts])
+    return {name: torch.from_numpy(emb[i][None].copy()) for i, (name, _) in enumerate(prompts)}, int(emb.shape[1])
+
+
+def check_text_dim(checkpoint: Path, dim: int) -> None:
+    cfg = checkpoint / "transformer" / "config.json"
+    if cfg.exists():
+        import json
+
+        td = json.loads(cfg.read_text()).get("text_dim")
+        if td is not None and td != dim:
+            raise SystemExit(f"text encoder width {dim} != transformer text_dim {td}")
+
+
 def run_embed(args, argv: list[str]) -> bool:
     from safetensors.torch import save_file
 
@@ -1043,16 +1068,13 @@ def run_embed(args, argv: list[str]) -> bool:
     if args.tiny:
         dim = TINY_TRANSFORMER["text_dim"]
         bank = {name: tiny_prompt_embedding(text, args.text_seq_len, dim) for name, text in prompts}
+    elif args.text_encoder == "minilm":
+        bank, dim = encode_prompts_minilm(prompts, args.text_seq_len)
+        check_text_dim(Path(args.checkpoint), dim)
     else:
         bank, dim = encode_prompts_with_checkpoint(Path(args.checkpoint), prompts, args.text_seq_len,
                                                    args.text_encoder_dtype, args.device)
-        cfg = Path(args.checkpoint) / "transformer" / "config.json"
-        if cfg.exists():
-            import json
-
-            td = json.loads(cfg.read_text()).get("text_dim")
-            if td is not None and td != dim:
-                raise SystemExit(f"text encoder width {dim} != transformer text_dim {td}")
+        check_text_dim(Path(args.checkpoint), dim)
     path = out / "embeddings.safetensors"
     save_file(bank, str(path), metadata={name: text for name, text in prompts})
     canonicalize_safetensors(path)
@@ -1129,6 +1151,10 @@ def parse_args(argv):
             sp.add_argument("--prompts", default=str(PROMPTS_FILE), help="`name: prompt text` lines")
             sp.add_argument("--text-encoder-dtype", default="bf16", choices=list(DTYPES),
                             help="UMT5 dtype (the reference runs it in bf16)")
+            sp.add_argument("--text-encoder", default="checkpoint", choices=["checkpoint", "minilm"],
+                            help="checkpoint: the checkpoint's UMT5 (Helios); minilm: the all-MiniLM-L6-v2 sentence "
+                                 "embedding of tools/nano/minilm.py, one row (helios-nano; --text-seq-len defaults "
+                                 "to 1)")
 
     common(sub.add_parser("graphs", help="write the ONNX graphs + manifest.ron",
                           formatter_class=argparse.ArgumentDefaultsHelpFormatter), True, False)
