@@ -907,6 +907,7 @@ def write_manifest(out: Path, meta: dict) -> Path:
         f"        seq_len: {emb['seq_len']},",
         f"        dim: {emb['dim']},",
         "    ),",
+        *ron_text_encoder(meta.get("text_encoder")),
         "    graphs: {",
     ]
     for key, g in meta["graphs"].items():
@@ -941,6 +942,54 @@ def scheduler_meta(scheduler) -> dict:
         "base_shift": cfg.get("base_shift", 0.5),
         "max_shift": cfg.get("max_shift", 1.15),
     }
+
+
+def ron_text_encoder(te: dict | None) -> list[str]:
+    """The optional `text_encoder: Some((...))` field of src/core/manifest.rs (`TextEncoderSpec`)."""
+    if not te:
+        return []
+    return [
+        "    text_encoder: Some((",
+        f"        file: {ron_str(te['file'])},",
+        f"        tokenizer: {ron_str(te['tokenizer'])},",
+        f"        sha256: {ron_str(te['sha256'])},",
+        f"        tokenizer_sha256: {ron_str(te['tokenizer_sha256'])},",
+        f"        max_tokens: {te['max_tokens']},",
+        "    )),",
+    ]
+
+
+def text_encoder_meta(out: Path, src: Path, seq: int, dim: int) -> dict:
+    """`--text-encoder-dir`: text_encoder.onnx + tokenizer.json of tools/text/export_text_encoder.py, copied into
+    `out` and checked against the prompt shape (one row of the encoder's output width)."""
+    import shutil
+
+    import onnx
+
+    names = ("text_encoder.onnx", "tokenizer.json")
+    for name in names:
+        if not (src / name).exists():
+            raise SystemExit(f"--text-encoder-dir: {src / name} missing (run tools/text/export_text_encoder.py)")
+        if (src / name).resolve() != (out / name).resolve():
+            shutil.copyfile(src / name, out / name)
+    graph = onnx.load(str(out / names[0]), load_external_data=False)
+    outs = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in graph.graph.output}
+    width = outs.get("embedding", [0, 0])[-1]
+    if seq != 1 or width != dim:
+        raise SystemExit(f"--text-encoder-dir: the encoder gives [1, {width}] prompts, the model takes [{seq}, {dim}] "
+                         "(use --text-seq-len 1 and a transformer text_dim equal to the encoder width)")
+    return {"file": names[0], "tokenizer": names[1], "sha256": sha256_file(out / names[0]),
+            "tokenizer_sha256": sha256_file(out / names[1]), "max_tokens": 128}
+
+
+def record_text_encoder(out: Path, te: dict) -> None:
+    """Adds or replaces the text_encoder field of an existing manifest.ron (after `embeddings`)."""
+    path = out / "manifest.ron"
+    text = re.sub(r"    text_encoder: Some\(\(\n.*?\n    \)\),\n", "", path.read_text(), count=1, flags=re.S)
+    m = re.search(r"    embeddings: \(\n.*?\n    \),\n", text, flags=re.S)
+    if m is None:
+        raise SystemExit(f"{path}: no embeddings field to put text_encoder after")
+    path.write_text(text[:m.end()] + "\n".join(ron_text_encoder(te)) + "\n" + text[m.end():])
 
 
 def embeddings_meta(out: Path, seq: int, dim: int) -> dict:
@@ -1227,6 +1276,8 @@ def run_graphs(args, source: ModelSource, argv: list[str]) -> bool:
         "latents_mean": mean_list,
         "latents_std": std_list,
         "embeddings": embeddings_meta(out, args.text_seq_len, text_dim),
+        "text_encoder": text_encoder_meta(out, Path(args.text_encoder_dir), args.text_seq_len, text_dim)
+        if args.text_encoder_dir else None,
         "graphs": graphs,
     }
     path = write_manifest(out, meta)
@@ -1359,6 +1410,9 @@ def run_embed(args, argv: list[str]) -> bool:
                      lambda m: m.group(1) + '"' + sha256_file(path) + '"', text, count=1)
         (out / "manifest.ron").write_text(new)
         log("updated the embeddings sha256 in manifest.ron")
+        if args.text_encoder_dir:
+            record_text_encoder(out, text_encoder_meta(out, Path(args.text_encoder_dir), args.text_seq_len, dim))
+            log("recorded the text encoder in manifest.ron")
     return ok
 
 
@@ -1379,6 +1433,11 @@ def parse_args(argv):
         sp.add_argument("--out", required=True, help="output model directory, e.g. models/helios-tiny")
         sp.add_argument("--text-seq-len", type=int, default=None,
                         help="prompt rows (tiny: 16; real: 512 = the pipeline's max_sequence_length)")
+        sp.add_argument("--text-encoder-dir", default=None,
+                        help="free-text prompts: a directory with text_encoder.onnx + tokenizer.json from "
+                             "tools/text/export_text_encoder.py, copied into --out and recorded in manifest.ron "
+                             "(needs one-row prompts, e.g. --text-encoder minilm; `embed` adds it to an existing "
+                             "manifest.ron)")
         sp.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                         help="where torch runs the models (tracing on cuda failed with torch 2.11: no ONNX "
                              "lowering for aten._fused_rms_norm; cpu is the tested path for graphs)")
