@@ -97,6 +97,7 @@ impl HeliosSettings {
             providers,
             intra_threads: self.intra_threads,
             verify_hashes: self.verify_hashes,
+            ..RuntimeConfig::default()
         }
     }
 

@@ -324,3 +324,148 @@ fn non_finite_output_is_a_typed_error_and_keeps_the_stream() -> TestResult {
     );
     Ok(())
 }
+
+#[test]
+fn tensorrt_without_prepared_engines_is_skipped_with_a_reason() -> TestResult {
+    let scratch = std::env::temp_dir().join(format!("helios-trt-chain-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch)?;
+    // A regular file where a directory should go: creating the cache directory must fail.
+    let blocker = scratch.join("a-file");
+    std::fs::write(&blocker, b"not a directory")?;
+    let trt = |cache_dir: Option<PathBuf>, build_engines: bool| {
+        Provider::TensorRt(TensorRtOptions {
+            cache_dir,
+            build_engines,
+            ..TensorRtOptions::default()
+        })
+    };
+    let config = RuntimeConfig {
+        providers: vec![
+            trt(None, false),
+            trt(Some(scratch.join("empty-cache")), false),
+            trt(Some(blocker.join("cache")), true),
+            Provider::Cpu,
+        ],
+        ..RuntimeConfig::default()
+    };
+    let model = HeliosModel::load(common::tiny_model_dir(), &config)?;
+    let report = model.provider();
+    assert_eq!(report.active, "CPU", "{report}");
+    let reasons: Vec<&str> = report.skipped.iter().map(|(_, r)| r.as_str()).collect();
+    assert_eq!(reasons.len(), 3, "{report}");
+    assert!(
+        reasons[0].contains("no engine cache directory"),
+        "{}",
+        reasons[0]
+    );
+    assert!(
+        reasons[1].contains("no prepared engines") && reasons[1].contains("prepare"),
+        "an unprepared cache must say to run prepare: {}",
+        reasons[1]
+    );
+    assert!(
+        reasons[2].contains("cannot be created"),
+        "an unusable cache directory must be reported: {}",
+        reasons[2]
+    );
+    std::fs::remove_dir_all(scratch)?;
+    Ok(())
+}
+
+#[test]
+fn prepare_without_tensorrt_fails_clearly_and_records_nothing() -> TestResult {
+    use bevy_helios::core::runtime::prepare::{RECORD_FILE, prepare};
+    let cache = std::env::temp_dir().join(format!("helios-prepare-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache);
+    let config = RuntimeConfig {
+        providers: vec![
+            Provider::TensorRt(TensorRtOptions {
+                cache_dir: Some(cache.clone()),
+                ..TensorRtOptions::default()
+            }),
+            Provider::Cpu,
+        ],
+        ..RuntimeConfig::default()
+    };
+    let mut events = Vec::new();
+    match prepare(&common::tiny_model_dir(), &config, &mut |e| events.push(e)) {
+        Err(HeliosError::ProviderUnavailable { provider, reason }) => {
+            assert_eq!(provider, "TensorRT");
+            assert!(!reason.is_empty(), "the failure needs a reason");
+        }
+        Err(other) => panic!("expected ProviderUnavailable, got {other}"),
+        Ok(report) => {
+            // A machine with TensorRT: the engines were built; nothing else to check here.
+            eprintln!("TensorRT present: prepared {} graphs", report.graphs.len());
+            return Ok(());
+        }
+    }
+    assert!(
+        !cache.join(RECORD_FILE).exists(),
+        "a failed prepare must not leave a record that would let TensorRT load"
+    );
+    assert!(
+        events.len() <= 1,
+        "it should stop at the first graph: {events:?}"
+    );
+
+    let no_trt = RuntimeConfig::cpu();
+    assert!(matches!(
+        prepare(&common::tiny_model_dir(), &no_trt, &mut |_| {}),
+        Err(HeliosError::InvalidInput(_))
+    ));
+    let _ = std::fs::remove_dir_all(cache);
+    Ok(())
+}
+
+#[test]
+fn per_graph_options_parse_and_resolve() -> TestResult {
+    let config: RuntimeConfig = ron::from_str(
+        r#"(
+            providers: [Cuda((tf32: false)), Cpu],
+            device_loop: On,
+            graphs: {
+                "denoiser_*": (cuda_graph: Some(true)),
+                "denoiser_stage2": (cuda_graph: Some(false)),
+                "dmd_step_*": (tf32: Some(true)),
+                "vae_decoder_rgba8": (tf32: Some(false)),
+            },
+        )"#,
+    )?;
+    let cuda = &config.providers[0];
+    // (TF32, CUDA graph)
+    assert_eq!(config.graph_choice(cuda, "denoiser_stage0"), (false, true));
+    assert_eq!(
+        config.graph_choice(cuda, "denoiser_stage2"),
+        (false, false),
+        "an exact key beats a prefix"
+    );
+    assert_eq!(config.graph_choice(cuda, "dmd_step_stage1"), (true, false));
+    assert_eq!(
+        config.graph_choice(cuda, "vae_decoder"),
+        (true, false),
+        "the f32 VAE gets TF32 by default, like the reference's cuDNN convolutions"
+    );
+    assert_eq!(
+        config.graph_choice(cuda, "vae_decoder_rgba8"),
+        (false, false),
+        "configuration overrides the built-in choice"
+    );
+    assert_eq!(config.graph_choice(cuda, "history_push"), (false, false));
+    assert_eq!(
+        config.graph_choice(&Provider::Cpu, "vae_decoder"),
+        (false, false),
+        "the CPU has neither"
+    );
+    let trt = Provider::TensorRt(TensorRtOptions::default());
+    assert_eq!(
+        RuntimeConfig::default().graph_choice(&trt, "vae_encoder_clip"),
+        (true, false)
+    );
+    assert!(
+        ron::from_str::<RuntimeConfig>(r#"(graphs: { "vae_*": (tf33: Some(true)) })"#).is_err(),
+        "a misspelt option must not parse"
+    );
+    Ok(())
+}

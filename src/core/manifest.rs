@@ -26,6 +26,8 @@ pub enum DType {
     I64,
     /// 8-bit unsigned integer (decoded RGBA frames of `vae_decoder_rgba8`).
     U8,
+    /// 64-bit float (the exact σ inputs of the GPU export's `dmd_step_*` graphs).
+    F64,
 }
 
 /// One named tensor of a graph's signature.

@@ -229,6 +229,11 @@ impl<N: Denoiser + Decoder> HeliosModel<N> {
         &mut self.nets
     }
 
+    /// The sampling loop (schedules, options).
+    pub fn sampler(&self) -> &Sampler {
+        &self.sampler
+    }
+
     /// Sampler options (e.g. fast start).
     pub fn sampler_options(&self) -> &SamplerOptions {
         self.sampler.options()
@@ -298,9 +303,54 @@ impl<N: Denoiser + Decoder> HeliosModel<N> {
         let index = state.chunk_index;
         let t0 = Instant::now();
         let _span = tracing::debug_span!("helios_chunk", index).entered();
+        let (frames, timings) = if let Some(runner) = self.nets.chunk_runner() {
+            // Device-resident loop: sampling and decode in one call, RGBA8 frames back.
+            let out = runner.run_chunk(&self.sampler, index, &text, &mut state.history, noise)?;
+            if observer.wants_tensors() {
+                observer.tensor(&format!("chunk{index}.result"), &out.latents.to_owned());
+            }
+            let plane = self.manifest.height * self.manifest.width * 4;
+            if out.rgba.len() != plane * self.manifest.frames_per_chunk() {
+                return Err(HeliosError::ShapeMismatch {
+                    what: "decoded RGBA frames".into(),
+                    expected: vec![
+                        self.manifest.frames_per_chunk(),
+                        self.manifest.height,
+                        self.manifest.width,
+                        4,
+                    ],
+                    actual: vec![out.rgba.len()],
+                });
+            }
+            let frames = out.rgba.chunks_exact(plane).map(<[u8]>::to_vec).collect();
+            (frames, out.timings)
+        } else {
+            self.host_chunk(index, &text, state, noise, observer, t0)?
+        };
+        state.chunk_index += 1;
+        Ok(Chunk {
+            index,
+            width: self.manifest.width as u32,
+            height: self.manifest.height as u32,
+            frames,
+            prompt: weights,
+            timings,
+        })
+    }
+
+    /// The host loop: [`Sampler::sample_chunk`], then the decoder, then [`video_to_rgba`].
+    fn host_chunk(
+        &mut self,
+        index: u64,
+        text: &ndarray::Array3<f32>,
+        state: &mut GenerationState,
+        noise: &mut dyn NoiseSource,
+        observer: &mut dyn SamplerObserver,
+        t0: Instant,
+    ) -> Result<(Vec<Vec<u8>>, ChunkTimings), HeliosError> {
         let latents = self.sampler.sample_chunk(
             index,
-            &text,
+            text,
             &mut state.history,
             &mut self.nets,
             noise,
@@ -324,17 +374,10 @@ impl<N: Denoiser + Decoder> HeliosModel<N> {
         }
         observer.tensor(&format!("chunk{index}.video"), &video);
         let frames = video_to_rgba(&video);
-        state.chunk_index += 1;
-        Ok(Chunk {
-            index,
-            width: self.manifest.width as u32,
-            height: self.manifest.height as u32,
-            frames,
-            prompt: weights,
-            timings: ChunkTimings {
-                denoise_s: (t1 - t0).as_secs_f64(),
-                decode_s: t1.elapsed().as_secs_f64(),
-            },
-        })
+        let timings = ChunkTimings {
+            denoise_s: (t1 - t0).as_secs_f64(),
+            decode_s: t1.elapsed().as_secs_f64(),
+        };
+        Ok((frames, timings))
     }
 }

@@ -67,7 +67,7 @@ def plot_curves(panels: list[tuple[str, dict[str, tuple[list[float], list[float]
                    for x, y in zip(xs, ys) if y > 0 and np.isfinite(y)]
             for a, b in zip(pts, pts[1:]):
                 _line(img, a[0], a[1], b[0], b[1], col)
-            labels.append((p * h + 4, left + 240 + 130 * i, name, col))
+            labels.append((p * h + 4, left + 200 + 80 * i, name, col))
         labels.append((p * h + 4, left, title))
         labels.append((bottom + 4, left, f"{x_lo:g}"))
         labels.append((bottom + 4, right - 60, f"{x_hi:g}"))

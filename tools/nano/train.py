@@ -254,10 +254,12 @@ def up2(x: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def build_models(smoke: bool):
+def build_models(smoke: bool, vae_base_dim: int | None = None):
     from diffusers import AutoencoderKLWan, HeliosTransformer3DModel
 
     tcfg, vcfg = (SMOKE_TRANSFORMER, SMOKE_VAE) if smoke else (NANO_TRANSFORMER, NANO_VAE)
+    if vae_base_dim and not smoke:
+        vcfg = dict(vcfg, base_dim=vae_base_dim)
     transformer = HeliosTransformer3DModel(**tcfg)
     vae = AutoencoderKLWan(**vcfg)
     return transformer, vae
@@ -306,7 +308,7 @@ def train_vae(vae, store: ClipStore, args, device, deadline: float, losses: list
     store.wait_for(max(2, args.vae_batch // 4), timeout=120)
     if len(store) == 0:
         raise SystemExit("no clips were generated")
-    while time.time() < deadline:
+    while time.time() < deadline or step < args.min_steps // 8:
         seg = store.sample_segments(rng, args.vae_batch, args.vae_frames)
         x = to_video(seg, device)
         for g in opt.param_groups:
@@ -414,32 +416,18 @@ def stage_inputs(x0_full, s: int, L, coeffs, gen):
     return x0_s, start
 
 
-def transformer_step_inputs(model_stage, data: LatentData, s: int, args, grid: Grid, L, coeffs, gen, device,
-                            rollout: bool):
+def transformer_step_inputs(data: LatentData, s: int, args, grid: Grid, L, coeffs, gen):
     """One batch at stage s: x_i, floor(t_i), sigma_i, the velocity target and the conditioning."""
     x0, hist, real, anchor, emb, k = data.batch(args.batch, args.p_first, gen)
     short, mid, long_ = history_terms(hist, real, anchor, args.hist_noise, args.p_hist_noise, gen)
     x0_s, start = stage_inputs(x0, s, L, coeffs, gen)
     amp = (k == 0).long()
     nsteps = grid.n[amp, s]
-    i = torch.minimum((torch.rand(k.shape, device=device, generator=gen) * nsteps).long(), nsteps - 1)
+    i = torch.minimum((torch.rand(k.shape, device=k.device, generator=gen) * nsteps).long(), nsteps - 1)
     t_i = grid.t[amp, s, i]
     sig_i = grid.sig[amp, s, i][:, None, None, None, None]
-    if rollout and bool((i > 0).any()):
-        # the sampler's own earlier steps (no grad): x_{j+1} = (1 - s') x0_hat + s' S, x0_hat = x_j - s v
-        x = start.clone()
-        with torch.no_grad(), autocast(device):
-            for j in range(int(i.max())):
-                active = (j < i)
-                jj = torch.where(active, torch.full_like(i, j), torch.zeros_like(i))
-                v = model_stage(x, grid.t[amp, s, jj], emb, short, mid, long_).float()
-                x0_hat = x - grid.sig[amp, s, jj][:, None, None, None, None] * v
-                nxt = (1 - grid.sig[amp, s, jj + 1])[:, None, None, None, None] * x0_hat + \
-                    grid.sig[amp, s, jj + 1][:, None, None, None, None] * start
-                x = torch.where(active[:, None, None, None, None], nxt, x)
-        x_i = x
-    else:
-        x_i = torch.where((i > 0)[:, None, None, None, None], (1 - sig_i) * x0_s + sig_i * start, start)
+    # x_0 = S_s exactly (the sampler's first input); x_i = (1 - sigma_i) x0_s + sigma_i S_s (add_noise)
+    x_i = torch.where((i > 0)[:, None, None, None, None], (1 - sig_i) * x0_s + sig_i * start, start)
     target = (x_i - x0_s) / sig_i          # so that x0_hat = x_i - sigma_i * v = x0_s
     return x_i, t_i, target, emb, short, mid, long_
 
@@ -465,11 +453,9 @@ def train_transformer(transformer, ema, data: LatentData, args, device, grid: Gr
     acc = torch.zeros(STAGES, device=device)
     cnt = torch.zeros(STAGES, device=device)
     transformer.train()
-    while time.time() < deadline:
+    while time.time() < deadline or step < args.min_steps:
         s = int(rng.integers(STAGES))
-        rollout = rng.random() < args.rollout_p
-        x_i, t_i, target, emb, short, mid, long_ = transformer_step_inputs(
-            stage, data, s, args, grid, L, coeffs, gen, device, rollout)
+        x_i, t_i, target, emb, short, mid, long_ = transformer_step_inputs(data, s, args, grid, L, coeffs, gen)
         for g in opt.param_groups:
             g["lr"] = lr_at(args.lr, step, (time.time() - t0) / span)
         with autocast(device):
@@ -569,6 +555,26 @@ def generate(transformer, vae, scheduler, embeds: list[torch.Tensor], gen: torch
             video.append(vid[0].permute(1, 2, 3, 0).float().add(1).mul(127.5).clamp(0, 255).round().byte().cpu().numpy())
     lat = torch.cat(chunks, 2)
     return lat, (np.concatenate(video) if decode else None)
+
+
+@torch.no_grad()
+def batch_consistency_check(transformer, device) -> None:
+    """DenoiserStage's frame indices are [1, n]: a batch of B must give what B single calls give."""
+    stage = DenoiserStage(transformer).to(device).eval()
+    g = torch.Generator(device=device).manual_seed(5)
+    b = 3
+    args = [torch.randn(b, 16, LATENT_FRAMES, LH, LW, device=device, generator=g),
+            torch.tensor([998, 500, 53], device=device),
+            torch.randn(b, 1, 384, device=device, generator=g),
+            torch.randn(b, 16, 2, LH, LW, device=device, generator=g),
+            torch.randn(b, 16, 2, LH, LW, device=device, generator=g),
+            torch.randn(b, 16, 16, LH, LW, device=device, generator=g)]
+    full = stage(*args)
+    single = torch.cat([stage(*[a[i:i + 1] for a in args]) for i in range(b)])
+    diff = float((full - single).abs().max())
+    log(f"batch consistency: DenoiserStage batch of {b} vs single calls max |diff| {diff:.2e}")
+    if diff > 1e-4:
+        raise SystemExit("batched DenoiserStage differs from single calls")
 
 
 @torch.no_grad()
@@ -690,6 +696,8 @@ def parse_args(argv):
     p.add_argument("--vae-frac", type=float, default=0.35, help="share of the budget ending the VAE phase")
     p.add_argument("--encode-frac", type=float, default=0.06, help="max share of the budget for encoding")
     p.add_argument("--reserve-s", type=float, default=None, help="kept for preview + final save (default 6%%, >=20s)")
+    p.add_argument("--vae-base-dim", type=int, default=16,
+                   help="AutoencoderKLWan base_dim (decode of a 33-frame chunk: 16 -> 45 GFLOP, 12 -> 26 GFLOP)")
     p.add_argument("--vae-batch", type=int, default=16)
     p.add_argument("--vae-frames", type=int, default=17, help="segment length (1 + 4k) for VAE training")
     p.add_argument("--vae-lr", type=float, default=1e-3)
@@ -701,14 +709,14 @@ def parse_args(argv):
     p.add_argument("--p-first", type=float, default=0.3, help="share of chunk-0 samples (zero history)")
     p.add_argument("--hist-noise", type=float, default=0.15, help="max std of history noise augmentation")
     p.add_argument("--p-hist-noise", type=float, default=0.7)
-    p.add_argument("--rollout-p", type=float, default=0.25,
-                   help="share of batches whose step-i input is built from the model's own earlier steps")
+    p.add_argument("--min-steps", type=int, default=0,
+                   help="transformer steps run even past the deadline (VAE: 1/8 of it); for --smoke")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--ckpt-every-s", type=float, default=75.0)
     args = p.parse_args(argv)
     if args.smoke:
-        d = dict(budget_s=100.0, workers=2, max_clips=10, vae_batch=2, vae_frames=5, encode_batch=8, batch=4,
-                 log_every=2, ckpt_every_s=20.0, reserve_s=45.0)
+        d = dict(budget_s=120.0, workers=2, max_clips=10, vae_batch=2, vae_frames=5, encode_batch=8, batch=4,
+                 log_every=2, ckpt_every_s=20.0, reserve_s=45.0, vae_frac=0.3, encode_frac=0.08, min_steps=24)
         for k, v in d.items():
             if f"--{k.replace('_', '-')}" not in argv:
                 setattr(args, k, v)
@@ -721,7 +729,7 @@ def bench(args):
     """Times training steps of the real configuration (random data) on args.device."""
     device = args.device
     torch.manual_seed(0)
-    transformer, vae = build_models(False)
+    transformer, vae = build_models(False, args.vae_base_dim)
     transformer.to(device), vae.to(device)
     log(f"real config: transformer {n_params(transformer) / 1e6:.2f}M params, vae {n_params(vae) / 1e6:.2f}M")
     sched = make_scheduler()
@@ -743,8 +751,7 @@ def bench(args):
             for rep in range(3):
                 sync()
                 t = time.time()
-                x_i, t_i, target, emb, short, mid, long_ = transformer_step_inputs(
-                    stage, data, s, args, grid, L, coeffs, gen, device, rollout=False)
+                x_i, t_i, target, emb, short, mid, long_ = transformer_step_inputs(data, s, args, grid, L, coeffs, gen)
                 with autocast(device):
                     v = stage(x_i, t_i, emb, short, mid, long_)
                 loss = F.mse_loss(v.float(), target)
@@ -809,7 +816,7 @@ def main(argv=None) -> int:
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(args.seed)
-    transformer, vae = build_models(args.smoke)
+    transformer, vae = build_models(args.smoke, args.vae_base_dim)
     transformer.to(device)
     vae.to(device)
     ema = copy.deepcopy(transformer).eval().requires_grad_(False)
@@ -831,6 +838,9 @@ def main(argv=None) -> int:
             "captions": len(cap_names), "grammar_sha256": captions_mod.grammar_digest(cap_names),
             "args": vars(args), "transformer_config": dict(transformer.config), "vae_config": dict(vae.config)}
     meta = json.loads(json.dumps(meta, default=str))
+
+    if args.smoke:
+        batch_consistency_check(transformer, device)
 
     # 2. VAE (data keeps coming in meanwhile).
     vae_deadline = T_START + args.vae_frac * budget
@@ -918,6 +928,9 @@ def preview(out, transformer, vae, sched, grid, cap_table, frames, recon_caps, d
     if args.smoke:
         plan = plan[-1:]
     for i, (label, names) in enumerate(plan):
+        if elapsed() > args.budget_s + 20:
+            log("preview: out of time, remaining rows skipped")
+            break
         _, vid = generate(transformer, vae, sched, [emb[nm] for nm in names],
                           torch.Generator(device=device).manual_seed(1000 + i), device)
         rows.append((vid, f"sampled: {label}: {bank[names[0]]}" + (f" -> {bank[names[-1]]}" if names[0] != names[-1] else "")))

@@ -1,15 +1,20 @@
-//! ONNX Runtime through `ort`: finding the library ([`dylib`]), the provider chain ([`provider`]) and
-//! the model's sessions ([`session`]).
+//! ONNX Runtime through `ort`: finding the library ([`dylib`]), the provider chain ([`provider`]), the
+//! model's sessions ([`session`]), device memory and IoBinding ([`binding`]), the device-resident chunk
+//! loop ([`device_loop`]) and building TensorRT engines ahead of time ([`prepare`]).
 
+pub mod binding;
+pub mod device_loop;
 pub mod dylib;
+pub mod prepare;
 pub mod provider;
 pub mod session;
 
 use std::sync::OnceLock;
 
+pub use device_loop::{DeviceLoop, DeviceLoopStats};
 pub use dylib::{OrtLibrary, OrtSource};
-pub use provider::{CudaOptions, Provider, ProviderReport, TensorRtOptions};
-pub use session::{GraphSession, OrtModel, RuntimeConfig};
+pub use provider::{CudaOptions, GraphOptions, Provider, ProviderReport, TensorRtOptions};
+pub use session::{DeviceLoopMode, GraphSession, OrtModel, RuntimeConfig};
 
 use crate::error::HeliosError;
 

@@ -1,12 +1,18 @@
 //! Execution providers: the configured chain (TensorRT → CUDA → CPU by default), each registered with
 //! `error_on_failure` so a missing library or device is reported instead of ort's silent CPU fallback.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use ort::ep::{self, ExecutionProviderDispatch};
 use serde::{Deserialize, Serialize};
 
-/// TensorRT options (engines are built ahead of time by `prepare`; see the README).
+/// TensorRT options.
+///
+/// TensorRT compiles each graph into an engine, which takes minutes for the real model. The game never does
+/// that on its own: with `build_engines` off (the default) the provider is used only when the `prepare`
+/// example has built this model's engines into `cache_dir` (it leaves a record there, see
+/// [`crate::core::runtime::prepare`]); otherwise it is skipped with a reason and the chain moves on to CUDA.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TensorRtOptions {
@@ -16,12 +22,15 @@ pub struct TensorRtOptions {
     pub fp16: bool,
     /// Allow bf16 kernels.
     pub bf16: bool,
-    /// Directory for engine and timing caches (None: no cache, engines rebuilt every start).
+    /// Directory for engine and timing caches. Required: without it the provider is skipped.
     pub cache_dir: Option<PathBuf>,
     /// Builder workspace limit in bytes (None: TensorRT's default).
     pub max_workspace_bytes: Option<usize>,
     /// Capture CUDA graphs.
     pub cuda_graph: bool,
+    /// Let session creation build missing engines (what `prepare` sets). Off: use TensorRT only when
+    /// `prepare` recorded engines for this model and these options in `cache_dir`.
+    pub build_engines: bool,
 }
 
 impl Default for TensorRtOptions {
@@ -33,6 +42,7 @@ impl Default for TensorRtOptions {
             cache_dir: None,
             max_workspace_bytes: None,
             cuda_graph: false,
+            build_engines: false,
         }
     }
 }
@@ -43,19 +53,77 @@ impl Default for TensorRtOptions {
 pub struct CudaOptions {
     /// CUDA device.
     pub device_id: i32,
-    /// TF32 tensor cores for f32 matmuls/convs (ONNX Runtime 1.31 turns this on by default; we keep it
-    /// off unless asked, so f32 graphs compute in f32).
+    /// TF32 tensor cores for f32 matmuls/convs of graphs without a per-graph choice (see
+    /// [`GraphOptions`]). ONNX Runtime 1.31 turns TF32 on by default; we keep it off unless asked, so f32
+    /// graphs compute in f32.
     pub tf32: bool,
     /// Arena limit in bytes (the "GPU budget").
     pub memory_limit: Option<usize>,
-    /// Capture CUDA graphs (static shapes only).
+    /// Capture CUDA graphs for graphs without a per-graph choice (static shapes only; see [`GraphOptions`]).
     pub cuda_graph: bool,
+}
+
+/// Per-graph choices that override the provider's options, keyed in [`RuntimeConfig::graphs`] by graph key
+/// (`vae_decoder`) or by a prefix ending in `*` (`denoiser_*`).
+///
+/// [`RuntimeConfig::graphs`]: crate::core::runtime::RuntimeConfig::graphs
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GraphOptions {
+    /// TF32 for this graph's f32 matmuls and convolutions (CUDA, and CUDA under TensorRT).
+    pub tf32: Option<bool>,
+    /// CUDA graph capture for this graph. ONNX Runtime then needs every input and output bound to device
+    /// memory at fixed addresses and no node on the CPU; the device loop binds that way.
+    pub cuda_graph: Option<bool>,
+}
+
+impl GraphOptions {
+    /// Fills the fields this one leaves open from `other`.
+    pub fn or(self, other: GraphOptions) -> GraphOptions {
+        GraphOptions {
+            tf32: self.tf32.or(other.tf32),
+            cuda_graph: self.cuda_graph.or(other.cuda_graph),
+        }
+    }
+
+    /// Built-in choices per graph, used where the configuration says nothing:
+    ///
+    /// | graphs | TF32 | why |
+    /// |---|---|---|
+    /// | `vae_*` (f32 VAE) | on | the reference decodes with cuDNN convolutions, where torch allows TF32 by default; ~2-3x faster convs |
+    /// | `denoiser_*` | provider default (off) | bf16 matmuls ignore it; the reference's fp32 islands run with torch's matmul TF32 off |
+    /// | helper graphs (`pyramid_*`, `dmd_step_*`, `history_*`) | provider default (off) | elementwise; exact f32 |
+    pub fn builtin(key: &str) -> GraphOptions {
+        if key.starts_with("vae_") {
+            GraphOptions {
+                tf32: Some(true),
+                cuda_graph: None,
+            }
+        } else {
+            GraphOptions::default()
+        }
+    }
+
+    /// The configured options for `key`: an exact entry, else the longest matching `prefix*` entry.
+    pub fn lookup(map: &BTreeMap<String, GraphOptions>, key: &str) -> GraphOptions {
+        if let Some(exact) = map.get(key) {
+            return *exact;
+        }
+        map.iter()
+            .filter_map(|(pattern, o)| {
+                let prefix = pattern.strip_suffix('*')?;
+                key.starts_with(prefix).then_some((prefix.len(), *o))
+            })
+            .max_by_key(|(len, _)| *len)
+            .map(|(_, o)| o)
+            .unwrap_or_default()
+    }
 }
 
 /// One execution provider of the chain.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Provider {
-    /// NVIDIA TensorRT (needs libnvinfer 10).
+    /// NVIDIA TensorRT (needs libnvinfer 10), with CUDA for the nodes TensorRT does not take.
     TensorRt(TensorRtOptions),
     /// NVIDIA CUDA (needs the `onnxruntime-gpu` build and CUDA 13).
     Cuda(CudaOptions),
@@ -92,15 +160,58 @@ impl Provider {
         }
     }
 
-    /// The ort dispatch for this provider, set to fail loudly; `None` for CPU (ort's built-in default).
-    pub(crate) fn dispatch(&self) -> Option<ExecutionProviderDispatch> {
+    /// Whether tensors of this provider live in GPU memory.
+    pub fn is_gpu(&self) -> bool {
+        !matches!(self, Provider::Cpu)
+    }
+
+    /// CUDA device of a GPU provider.
+    pub fn device_id(&self) -> i32 {
+        match self {
+            Provider::TensorRt(o) => o.device_id,
+            Provider::Cuda(o) => o.device_id,
+            Provider::Cpu => 0,
+        }
+    }
+
+    /// The effective (TF32, CUDA graph) for a graph: `configured` (per-graph settings), then
+    /// [`GraphOptions::builtin`], then this provider's own options.
+    pub fn resolve(&self, key: &str, configured: GraphOptions) -> (bool, bool) {
+        let o = configured.or(GraphOptions::builtin(key));
+        match self {
+            Provider::TensorRt(t) => (
+                o.tf32.unwrap_or(false),
+                o.cuda_graph.unwrap_or(t.cuda_graph),
+            ),
+            Provider::Cuda(c) => (
+                o.tf32.unwrap_or(c.tf32),
+                o.cuda_graph.unwrap_or(c.cuda_graph),
+            ),
+            Provider::Cpu => (false, false),
+        }
+    }
+
+    fn cuda(device_id: i32, tf32: bool, cuda_graph: bool, memory_limit: Option<usize>) -> ep::CUDA {
+        let mut cuda = ep::CUDA::default()
+            .with_device_id(device_id)
+            .with_tf32(tf32)
+            .with_cuda_graph(cuda_graph);
+        if let Some(limit) = memory_limit {
+            cuda = cuda.with_memory_limit(limit);
+        }
+        cuda
+    }
+
+    /// The ort dispatches for one graph, each set to fail loudly; empty for CPU (ort's built-in default).
+    /// TensorRT comes with CUDA behind it for the nodes TensorRT does not take.
+    pub(crate) fn dispatch(&self, tf32: bool, cuda_graph: bool) -> Vec<ExecutionProviderDispatch> {
         match self {
             Provider::TensorRt(o) => {
                 let mut trt = ep::TensorRT::default()
                     .with_device_id(o.device_id)
                     .with_fp16(o.fp16)
                     .with_bf16(o.bf16)
-                    .with_cuda_graph(o.cuda_graph);
+                    .with_cuda_graph(cuda_graph);
                 if let Some(dir) = &o.cache_dir {
                     let dir = dir.display().to_string();
                     trt = trt
@@ -112,19 +223,19 @@ impl Provider {
                 if let Some(bytes) = o.max_workspace_bytes {
                     trt = trt.with_max_workspace_size(bytes);
                 }
-                Some(trt.build().error_on_failure())
+                vec![
+                    trt.build().error_on_failure(),
+                    Self::cuda(o.device_id, tf32, false, None)
+                        .build()
+                        .error_on_failure(),
+                ]
             }
-            Provider::Cuda(o) => {
-                let mut cuda = ep::CUDA::default()
-                    .with_device_id(o.device_id)
-                    .with_tf32(o.tf32)
-                    .with_cuda_graph(o.cuda_graph);
-                if let Some(limit) = o.memory_limit {
-                    cuda = cuda.with_memory_limit(limit);
-                }
-                Some(cuda.build().error_on_failure())
-            }
-            Provider::Cpu => None,
+            Provider::Cuda(o) => vec![
+                Self::cuda(o.device_id, tf32, cuda_graph, o.memory_limit)
+                    .build()
+                    .error_on_failure(),
+            ],
+            Provider::Cpu => Vec::new(),
         }
     }
 }

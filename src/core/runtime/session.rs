@@ -5,20 +5,49 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use ndarray::{Array5, ArrayD, Ix5};
+use ndarray::{Array3, Array5, ArrayD, Ix5};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionInputValue};
-use ort::value::{Tensor, TensorElementType, TensorRef, ValueType};
+use ort::value::{Tensor, TensorRef, ValueType};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::binding::element_type;
+use super::device_loop::{DeviceLoop, DeviceLoopStats, missing_graphs};
 use super::environment;
-use super::provider::{Provider, ProviderReport};
-use crate::core::manifest::{DType, GraphSpec, ModelManifest};
-use crate::core::sampler::{Decoder, Denoiser, DenoiserInput};
+use super::prepare::engines_not_ready;
+use super::provider::{GraphOptions, Provider, ProviderReport};
+use crate::core::manifest::{GraphSpec, ModelManifest};
+use crate::core::sampler::history::HistoryRing;
+use crate::core::sampler::noise::NoiseSource;
+use crate::core::sampler::{ChunkRunner, Decoder, Denoiser, DenoiserInput, RunnerOutput, Sampler};
 use crate::error::HeliosError;
 
+/// Whether chunks run in the device-resident loop ([`DeviceLoop`]) or in the host sampler.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeviceLoopMode {
+    /// The device loop when the active provider is CUDA or TensorRT and the model has its graphs (see
+    /// [`super::device_loop::required_graphs`]); if it cannot be set up, a warning and the host loop.
+    #[default]
+    Auto,
+    /// Always the device loop, on any provider (the CPU provider runs the same code, which is how it is
+    /// tested); loading fails if the model lacks its graphs.
+    On,
+    /// Always the host loop ([`Sampler::sample_chunk`]).
+    Off,
+}
+
 /// How the runtime is set up.
+///
+/// In RON (the fields all have defaults):
+/// ```ron
+/// (
+///     providers: [Cuda((tf32: false)), Cpu],
+///     device_loop: Auto,
+///     // per graph key, or a prefix ending in `*`; see GraphOptions::builtin for the defaults
+///     graphs: { "vae_*": (tf32: Some(true)), "dmd_step_*": (cuda_graph: Some(true)) },
+/// )
+/// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
@@ -28,6 +57,17 @@ pub struct RuntimeConfig {
     pub intra_threads: Option<usize>,
     /// Check each file's SHA-256 against the manifest before loading (files up to 1 GiB).
     pub verify_hashes: bool,
+    /// Per-graph choices (TF32, CUDA graphs) by graph key or `prefix*`; they override
+    /// [`GraphOptions::builtin`], which overrides the provider's own options.
+    pub graphs: BTreeMap<String, GraphOptions>,
+    /// Device-resident loop or host loop.
+    pub device_loop: DeviceLoopMode,
+    /// On GPU providers, fail to load rather than let ONNX Runtime place any node on the CPU
+    /// (`session.disable_cpu_ep_fallback`); CUDA graphs need this to hold.
+    pub strict_placement: bool,
+    /// Write ONNX Runtime profiles into this directory (`<graph key>_<timestamp>.json` per session,
+    /// finished by [`OrtModel::end_profiling`]).
+    pub profile_dir: Option<PathBuf>,
 }
 
 impl Default for RuntimeConfig {
@@ -36,6 +76,10 @@ impl Default for RuntimeConfig {
             providers: Provider::default_chain(),
             intra_threads: None,
             verify_hashes: true,
+            graphs: BTreeMap::new(),
+            device_loop: DeviceLoopMode::Auto,
+            strict_placement: false,
+            profile_dir: None,
         }
     }
 }
@@ -47,6 +91,11 @@ impl RuntimeConfig {
             providers: vec![Provider::Cpu],
             ..Self::default()
         }
+    }
+
+    /// The (TF32, CUDA graph) a graph gets on `provider` with this configuration.
+    pub fn graph_choice(&self, provider: &Provider, key: &str) -> (bool, bool) {
+        provider.resolve(key, GraphOptions::lookup(&self.graphs, key))
     }
 }
 
@@ -61,9 +110,9 @@ pub(crate) enum Feed<'a> {
 
 /// One loaded graph with its manifest signature.
 pub struct GraphSession {
-    key: String,
+    pub(crate) key: String,
     spec: GraphSpec,
-    session: Session,
+    pub(crate) session: Session,
 }
 
 impl GraphSession {
@@ -152,16 +201,6 @@ fn to5(key: &str, name: &str, a: ArrayD<f32>) -> Result<Array5<f32>, HeliosError
             expected: vec![0; 5],
             actual: shape,
         })
-}
-
-fn element_type(dtype: DType) -> TensorElementType {
-    match dtype {
-        DType::F32 => TensorElementType::Float32,
-        DType::Bf16 => TensorElementType::Bfloat16,
-        DType::F16 => TensorElementType::Float16,
-        DType::I64 => TensorElementType::Int64,
-        DType::U8 => TensorElementType::Uint8,
-    }
 }
 
 /// Checks a loaded session's inputs/outputs against the manifest (names, static shapes, dtypes).
@@ -254,12 +293,16 @@ pub(crate) fn check_file(path: &Path, sha256: &str, verify: bool) -> Result<(), 
     Ok(())
 }
 
-fn build_session(
+/// Creates the session of graph `key` on `provider` with that graph's options from `config`.
+///
+/// Errors are `(true, ..)` when the provider itself failed and `(false, ..)` when the model failed on a
+/// working provider.
+pub(crate) fn build_session(
     path: &Path,
+    key: &str,
     provider: &Provider,
     config: &RuntimeConfig,
 ) -> Result<Session, (bool, String)> {
-    // (true, ..) = the provider itself failed; (false, ..) = the model failed on a working provider.
     let env = environment().map_err(|e| (true, e.to_string()))?;
     let mut builder = Session::builder(&env).map_err(|e| (true, e.to_string()))?;
     builder = builder
@@ -270,10 +313,27 @@ fn build_session(
             .with_intra_threads(n)
             .map_err(|e| (true, e.to_string()))?;
     }
-    if let Some(dispatch) = provider.dispatch() {
+    if let Some(dir) = &config.profile_dir {
+        std::fs::create_dir_all(dir).map_err(|e| (false, format!("profile dir: {e}")))?;
         builder = builder
-            .with_execution_providers([dispatch])
+            .with_profiling(dir.join(key))
+            .map_err(|e| (false, e.to_string()))?;
+    }
+    let (tf32, cuda_graph) = config.graph_choice(provider, key);
+    let dispatch = provider.dispatch(tf32, cuda_graph);
+    if !dispatch.is_empty() {
+        builder = builder
+            .with_execution_providers(dispatch)
             .map_err(|e| (true, e.to_string()))?;
+        if config.strict_placement {
+            builder = builder
+                .with_disable_cpu_fallback()
+                .map_err(|e| (false, e.to_string()))?;
+        }
+        tracing::debug!(
+            "graph `{key}` on {}: TF32 {tf32}, CUDA graph {cuda_graph}",
+            provider.name()
+        );
     }
     builder.commit_from_file(path).map_err(|e| {
         let msg = e.to_string();
@@ -285,7 +345,7 @@ fn build_session(
     })
 }
 
-/// All sessions of a model directory, on one provider.
+/// All sessions of a model directory, on one provider, and the device loop when it is in use.
 pub struct OrtModel {
     dir: PathBuf,
     manifest: ModelManifest,
@@ -293,6 +353,8 @@ pub struct OrtModel {
     decoder: GraphSession,
     extra: BTreeMap<String, GraphSession>,
     report: ProviderReport,
+    device_loop: Option<DeviceLoop>,
+    device_loop_note: String,
 }
 
 impl OrtModel {
@@ -320,6 +382,13 @@ impl OrtModel {
         }
         let mut skipped = Vec::new();
         for provider in &config.providers {
+            if let Provider::TensorRt(options) = provider
+                && let Some(reason) = engines_not_ready(options, manifest)
+            {
+                tracing::warn!("TensorRT provider skipped, trying the next: {reason}");
+                skipped.push((provider.name().to_string(), reason));
+                continue;
+            }
             match Self::load_on(dir, manifest, provider, config) {
                 Ok(mut model) => {
                     model.report = ProviderReport {
@@ -327,9 +396,10 @@ impl OrtModel {
                         skipped,
                     };
                     tracing::info!(
-                        "helios model `{}` loaded on {}",
+                        "helios model `{}` loaded on {}; {}",
                         manifest.name,
-                        model.report
+                        model.report,
+                        model.device_loop_note
                     );
                     return Ok(model);
                 }
@@ -366,8 +436,8 @@ impl OrtModel {
                 })
             })?;
             let path = dir.join(&spec.file);
-            let session =
-                build_session(&path, provider, config).map_err(|(provider_fault, reason)| {
+            let session = build_session(&path, key, provider, config).map_err(
+                |(provider_fault, reason)| {
                     if provider_fault {
                         LoadFailure::Provider(reason)
                     } else {
@@ -376,7 +446,8 @@ impl OrtModel {
                             reason,
                         })
                     }
-                })?;
+                },
+            )?;
             check_signature(key, &session, &spec).map_err(LoadFailure::Model)?;
             Ok(GraphSession {
                 key: key.to_string(),
@@ -395,6 +466,48 @@ impl OrtModel {
                 extra.insert(key.to_string(), open(key)?);
             }
         }
+        let missing = missing_graphs(manifest);
+        let wanted = match config.device_loop {
+            DeviceLoopMode::Off => Err("off (configured)".to_string()),
+            DeviceLoopMode::On => Ok(()),
+            DeviceLoopMode::Auto if !provider.is_gpu() => {
+                Err("off (host loop on the CPU provider)".to_string())
+            }
+            DeviceLoopMode::Auto if !missing.is_empty() => {
+                Err(format!("off (the model lacks {})", missing.join(", ")))
+            }
+            DeviceLoopMode::Auto => Ok(()),
+        };
+        let (device_loop, device_loop_note) = match wanted {
+            Err(note) => (None, format!("device loop {note}")),
+            Ok(()) => {
+                let made = DeviceLoop::new(
+                    manifest,
+                    provider,
+                    &denoisers,
+                    |key| {
+                        open(key).map_err(|e| match e {
+                            LoadFailure::Model(e) => e,
+                            LoadFailure::Provider(reason) => HeliosError::ProviderUnavailable {
+                                provider: provider.name().into(),
+                                reason,
+                            },
+                        })
+                    },
+                    |key| config.graph_choice(provider, key).1,
+                );
+                match made {
+                    Ok(dl) => (Some(dl), "device loop on".to_string()),
+                    Err(e) if config.device_loop == DeviceLoopMode::On => {
+                        return Err(LoadFailure::Model(e));
+                    }
+                    Err(e) => {
+                        tracing::warn!("device loop unavailable, using the host loop: {e}");
+                        (None, format!("device loop off ({e})"))
+                    }
+                }
+            }
+        };
         Ok(Self {
             dir: dir.to_path_buf(),
             manifest: manifest.clone(),
@@ -405,7 +518,44 @@ impl OrtModel {
                 active: provider.name().into(),
                 skipped: Vec::new(),
             },
+            device_loop,
+            device_loop_note,
         })
+    }
+
+    /// Whether chunks run in the device loop, and if not, why: `device loop on` or
+    /// `device loop off (reason)`.
+    pub fn device_loop_note(&self) -> &str {
+        &self.device_loop_note
+    }
+
+    /// The device loop's counters, when it is in use.
+    pub fn device_loop_stats(&self) -> Option<DeviceLoopStats> {
+        self.device_loop.as_ref().map(DeviceLoop::stats)
+    }
+
+    /// Ends ONNX Runtime profiling of every session (with [`RuntimeConfig::profile_dir`] set); returns
+    /// `(graph key, profile file)` per session.
+    pub fn end_profiling(&mut self) -> Result<Vec<(String, PathBuf)>, HeliosError> {
+        let mut files = Vec::new();
+        let sessions = self
+            .denoisers
+            .iter_mut()
+            .chain(std::iter::once(&mut self.decoder))
+            .chain(self.extra.values_mut())
+            .chain(
+                self.device_loop
+                    .iter_mut()
+                    .flat_map(DeviceLoop::sessions_mut),
+            );
+        for g in sessions {
+            let file = g
+                .session
+                .end_profiling()
+                .map_err(|e| HeliosError::inference(&g.key, e))?;
+            files.push((g.key.clone(), PathBuf::from(file)));
+        }
+        Ok(files)
     }
 
     /// Which provider runs the model and what was skipped.
@@ -428,12 +578,11 @@ impl OrtModel {
                 }
             })?;
             let path = self.dir.join(&spec.file);
-            let session = build_session(&path, &Provider::Cpu, &RuntimeConfig::cpu()).map_err(
-                |(_, reason)| HeliosError::ModelCorrupt {
+            let session = build_session(&path, key, &Provider::Cpu, &RuntimeConfig::cpu())
+                .map_err(|(_, reason)| HeliosError::ModelCorrupt {
                     path: path.clone(),
                     reason,
-                },
-            )?;
+                })?;
             check_signature(key, &session, &spec)?;
             self.extra.insert(
                 key.to_string(),
@@ -481,7 +630,38 @@ enum LoadFailure {
     Model(HeliosError),
 }
 
+impl ChunkRunner for OrtModel {
+    fn run_chunk(
+        &mut self,
+        sampler: &Sampler,
+        chunk_index: u64,
+        text: &Array3<f32>,
+        history: &mut HistoryRing,
+        noise: &mut dyn NoiseSource,
+    ) -> Result<RunnerOutput<'_>, HeliosError> {
+        let device_loop = self.device_loop.as_mut().ok_or_else(|| {
+            HeliosError::InvalidInput("this model runs without the device loop".into())
+        })?;
+        device_loop.run_chunk(
+            &mut self.denoisers,
+            sampler,
+            chunk_index,
+            text,
+            history,
+            noise,
+        )
+    }
+}
+
 impl Denoiser for OrtModel {
+    fn chunk_runner(&mut self) -> Option<&mut dyn ChunkRunner> {
+        if self.device_loop.is_some() {
+            Some(self)
+        } else {
+            None
+        }
+    }
+
     fn velocity(&mut self, input: &DenoiserInput<'_>) -> Result<Array5<f32>, HeliosError> {
         let session = self.denoisers.get_mut(input.stage).ok_or_else(|| {
             HeliosError::InvalidInput(format!("no denoiser for stage {}", input.stage))

@@ -123,6 +123,52 @@ impl HistoryRing {
         out
     }
 
+    /// Writes the whole window in time order (`[C, len, h, w]`, as [`Self::window`]) into `out` without
+    /// allocating; `out.len()` must be `C·len·h·w`.
+    pub fn write_window(&self, out: &mut [f32]) -> Result<(), HeliosError> {
+        let (len, fs, plane) = (self.len(), self.frame_size(), self.height * self.width);
+        if out.len() != len * fs {
+            return Err(HeliosError::ShapeMismatch {
+                what: "history window buffer".into(),
+                expected: vec![self.channels, len, self.height, self.width],
+                actual: vec![out.len()],
+            });
+        }
+        for f in 0..len {
+            let slot = (self.head + f) % len;
+            let frame = &self.frames[slot * fs..(slot + 1) * fs];
+            for c in 0..self.channels {
+                let dst = (c * len + f) * plane;
+                out[dst..dst + plane].copy_from_slice(&frame[c * plane..(c + 1) * plane]);
+            }
+        }
+        Ok(())
+    }
+
+    /// `(C, len, h, w)` of the window.
+    pub fn dims(&self) -> (usize, usize, usize, usize) {
+        (self.channels, self.len(), self.height, self.width)
+    }
+
+    /// The anchor `[C, 1, h, w]` as a flat slice, once set.
+    pub fn anchor(&self) -> Option<&[f32]> {
+        self.anchor.as_deref()
+    }
+
+    /// Becomes a copy of `other`, reusing this ring's storage when the sizes agree.
+    pub fn copy_from(&mut self, other: &HistoryRing) {
+        self.sizes = other.sizes;
+        self.channels = other.channels;
+        self.height = other.height;
+        self.width = other.width;
+        self.head = other.head;
+        self.frames.clone_from(&other.frames);
+        match (&mut self.anchor, &other.anchor) {
+            (Some(mine), Some(theirs)) => mine.clone_from(theirs),
+            (mine, theirs) => *mine = theirs.clone(),
+        }
+    }
+
     /// Sets the first-frame anchor `[C, 1, h, w]`.
     pub fn set_anchor(&mut self, anchor: ArrayView4<f32>) -> Result<(), HeliosError> {
         if anchor.len() != self.frame_size() {
@@ -210,6 +256,31 @@ mod tests {
             "short starts with the anchor"
         );
         assert_eq!(t.short[[0, 0, 1, 0, 0]], 19.0, "then the newest frame");
+    }
+
+    #[test]
+    fn write_window_matches_window_and_copy_from_is_equal() {
+        let mut ring = HistoryRing::new([16, 2, 1], 3, 2, 2);
+        ring.push(
+            Array4::from_shape_fn((3, 9, 2, 2), |(c, f, i, j)| {
+                (c * 1000 + f * 10 + i * 2 + j) as f32
+            })
+            .view(),
+        )
+        .unwrap();
+        ring.push(chunk(3, 9, 50.0).broadcast((3, 9, 2, 2)).unwrap().view())
+            .unwrap();
+        let mut flat = vec![0f32; 3 * 19 * 4];
+        ring.write_window(&mut flat).unwrap();
+        assert_eq!(
+            flat,
+            ring.window().iter().copied().collect::<Vec<_>>(),
+            "write_window must lay frames out as window() does"
+        );
+        assert!(ring.write_window(&mut flat[1..]).is_err());
+        let mut other = HistoryRing::new([16, 2, 1], 3, 2, 2);
+        other.copy_from(&ring);
+        assert_eq!(other, ring, "copy_from must give an equal ring");
     }
 
     #[test]

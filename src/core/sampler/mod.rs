@@ -13,10 +13,11 @@ pub mod schedule;
 use ndarray::{Array3, Array5, Axis};
 
 use crate::core::manifest::{DType, ModelManifest};
+use crate::core::stream::ChunkTimings;
 use crate::error::HeliosError;
 use history::{HistoryRing, HistoryTerms};
 use noise::{DrawKind, NoiseSource};
-use schedule::PyramidSchedule;
+use schedule::{PyramidSchedule, StageSchedule};
 
 /// Everything one transformer call needs.
 #[derive(Debug)]
@@ -37,6 +38,37 @@ pub struct DenoiserInput<'a> {
 pub trait Denoiser {
     /// Runs `HeliosTransformer3DModel.forward` for one sample.
     fn velocity(&mut self, input: &DenoiserInput<'_>) -> Result<Array5<f32>, HeliosError>;
+
+    /// Networks that can run a whole chunk on their own device (the GPU device loop) return it here;
+    /// the model then uses it instead of [`Sampler::sample_chunk`] + [`Decoder::decode`].
+    fn chunk_runner(&mut self) -> Option<&mut dyn ChunkRunner> {
+        None
+    }
+}
+
+/// What a [`ChunkRunner`] hands back: views into its own host buffers, valid until its next call.
+#[derive(Debug)]
+pub struct RunnerOutput<'a> {
+    /// The chunk's latents `[1, C, 9, h, w]` (as [`Sampler::sample_chunk`] returns them).
+    pub latents: ndarray::ArrayView5<'a, f32>,
+    /// The decoded frames, `[T, H, W, 4]` RGBA8 row-major (as [`video_to_rgba`] maps the video).
+    pub rgba: &'a [u8],
+    /// Where the time went.
+    pub timings: ChunkTimings,
+}
+
+/// Runs one whole chunk (sampling and decode) and updates `history` exactly as
+/// [`Sampler::sample_chunk`] does: the same draws from `noise` in the same order, the same anchor rule.
+pub trait ChunkRunner {
+    /// Samples and decodes chunk `chunk_index` of a stream whose history is `history`.
+    fn run_chunk(
+        &mut self,
+        sampler: &Sampler,
+        chunk_index: u64,
+        text: &Array3<f32>,
+        history: &mut HistoryRing,
+        noise: &mut dyn NoiseSource,
+    ) -> Result<RunnerOutput<'_>, HeliosError>;
 }
 
 /// The VAE decoder: normalised chunk latents `[1, C, 9, h, w]` to video `[1, 3, 33, H, W]` in [-1, 1].
@@ -54,11 +86,19 @@ pub trait SamplerObserver {
     fn timestep(&mut self, _name: &str, _value: i64) {}
     /// Called with each stage schedule.
     fn schedule(&mut self, _name: &str, _timesteps: &[f64], _sigmas: &[f64], _mu: f64) {}
+    /// Whether tensors should be produced at all (a device-resident loop skips the copies if not).
+    fn wants_tensors(&self) -> bool {
+        true
+    }
 }
 
 /// An observer that ignores everything.
 pub struct NoObserver;
-impl SamplerObserver for NoObserver {}
+impl SamplerObserver for NoObserver {
+    fn wants_tensors(&self) -> bool {
+        false
+    }
+}
 
 /// Options of the loop that are a product choice rather than a model fact.
 #[derive(Clone, Debug, PartialEq)]
@@ -117,6 +157,32 @@ impl Sampler {
         } else {
             n
         }
+    }
+
+    /// Whether chunk `chunk_index` runs with doubled steps (the first chunk, when amplification is on).
+    pub fn amplifies(&self, chunk_index: u64) -> bool {
+        chunk_index == 0 && self.options.amplify_first_chunk
+    }
+
+    /// The schedule of every stage of a chunk, with μ from the token count before each stage's
+    /// upsample as [`Self::sample_chunk`] computes it (stage 0 uses its own grid).
+    pub fn stage_schedules(&self, amplify: bool) -> Vec<StageSchedule> {
+        let (h, w) = self.hw;
+        let stages = self.schedule.stages();
+        (0..stages)
+            .map(|stage| {
+                // the latents entering `stage` are on the previous stage's grid (stage 0: its own)
+                let down = 1usize << (stages - 1 - stage.saturating_sub(1));
+                let tokens = self.frames * (h / down) * (w / down) / self.patch_tokens_div;
+                let mu = self.schedule.mu(tokens);
+                self.schedule.stage(stage, self.steps[stage], mu, amplify)
+            })
+            .collect()
+    }
+
+    /// Latent channels, frames per chunk and the full latent grid `(C, F, h, w)`.
+    pub fn latent_dims(&self) -> (usize, usize, usize, usize) {
+        (self.channels, self.frames, self.hw.0, self.hw.1)
     }
 
     /// Generates the latents of one chunk and pushes them into `history`.

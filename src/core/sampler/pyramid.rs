@@ -11,7 +11,7 @@ pub fn round_to(precision: DType, x: &mut Array5<f32>) {
     match precision {
         DType::Bf16 => x.mapv_inplace(|v| bf16::from_f32(v).to_f32()),
         DType::F16 => x.mapv_inplace(|v| f16::from_f32(v).to_f32()),
-        DType::F32 | DType::I64 | DType::U8 => {}
+        DType::F32 | DType::F64 | DType::I64 | DType::U8 => {}
     }
 }
 
@@ -21,7 +21,7 @@ pub fn round_value(precision: DType, v: f32) -> f32 {
     match precision {
         DType::Bf16 => bf16::from_f32(v).to_f32(),
         DType::F16 => f16::from_f32(v).to_f32(),
-        DType::F32 | DType::I64 | DType::U8 => v,
+        DType::F32 | DType::F64 | DType::I64 | DType::U8 => v,
     }
 }
 
