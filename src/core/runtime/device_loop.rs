@@ -319,6 +319,8 @@ pub struct DeviceLoop {
     /// Which of the two history buffers is current.
     parity: usize,
     stats: DeviceLoopStats,
+    /// Seconds per stage of the last chunk.
+    stage_seconds: Vec<f64>,
 }
 
 impl std::fmt::Debug for DeviceLoop {
@@ -794,12 +796,18 @@ impl DeviceLoop {
             mirror_valid: false,
             parity: 0,
             stats: DeviceLoopStats::default(),
+            stage_seconds: vec![0.0; stages],
         })
     }
 
     /// What the loop did so far.
     pub fn stats(&self) -> DeviceLoopStats {
         self.stats
+    }
+
+    /// Seconds each stage of the last chunk took (entering the stage, then its steps).
+    pub fn last_stage_seconds(&self) -> &[f64] {
+        &self.stage_seconds
     }
 
     /// Whether its tensors live in GPU memory.
@@ -944,6 +952,7 @@ impl DeviceLoop {
         self.run_slices[self.parity].run(&mut self.slices, stats)?;
         let stage_runs = self.run_steps[v].iter().zip(denoisers.iter_mut());
         for (s, ((steps, denoiser), dmd)) in stage_runs.zip(self.dmd.iter_mut()).enumerate() {
+            let stage_start = Instant::now();
             if s > 0 {
                 self.run_renoise[s - 1].run(&mut self.renoise[s - 1], stats)?;
             }
@@ -951,6 +960,7 @@ impl DeviceLoop {
                 step.denoise.run(denoiser, stats)?;
                 step.dmd.run(dmd, stats)?;
             }
+            self.stage_seconds[s] = stage_start.elapsed().as_secs_f64();
         }
         let t1 = Instant::now();
         self.run_push[self.parity].run(&mut self.push, stats)?;

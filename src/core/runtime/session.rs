@@ -65,9 +65,9 @@ pub struct RuntimeConfig {
     /// On GPU providers, fail to load rather than let ONNX Runtime place any node on the CPU
     /// (`session.disable_cpu_ep_fallback`); CUDA graphs need this to hold.
     pub strict_placement: bool,
-    /// Write ONNX Runtime profiles into this directory (`<graph key>_<timestamp>.json` per session,
-    /// finished by [`OrtModel::end_profiling`]).
-    pub profile_dir: Option<PathBuf>,
+    /// Write ONNX Runtime profiles: one file per session, `<prefix>.<graph key>_<timestamp>.json`,
+    /// finished by [`OrtModel::end_profiling`] (e.g. `prof/ort` gives `prof/ort.denoiser_stage2_….json`).
+    pub profile_prefix: Option<PathBuf>,
 }
 
 impl Default for RuntimeConfig {
@@ -79,7 +79,7 @@ impl Default for RuntimeConfig {
             graphs: BTreeMap::new(),
             device_loop: DeviceLoopMode::Auto,
             strict_placement: false,
-            profile_dir: None,
+            profile_prefix: None,
         }
     }
 }
@@ -313,10 +313,14 @@ pub(crate) fn build_session(
             .with_intra_threads(n)
             .map_err(|e| (true, e.to_string()))?;
     }
-    if let Some(dir) = &config.profile_dir {
-        std::fs::create_dir_all(dir).map_err(|e| (false, format!("profile dir: {e}")))?;
+    if let Some(prefix) = &config.profile_prefix {
+        if let Some(parent) = prefix.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| (false, format!("profile directory: {e}")))?;
+        }
+        let mut file = prefix.as_os_str().to_owned();
+        file.push(format!(".{key}"));
         builder = builder
-            .with_profiling(dir.join(key))
+            .with_profiling(PathBuf::from(file))
             .map_err(|e| (false, e.to_string()))?;
     }
     let (tf32, cuda_graph) = config.graph_choice(provider, key);
@@ -534,7 +538,13 @@ impl OrtModel {
         self.device_loop.as_ref().map(DeviceLoop::stats)
     }
 
-    /// Ends ONNX Runtime profiling of every session (with [`RuntimeConfig::profile_dir`] set); returns
+    /// Seconds each pyramid stage took in the device loop's last chunk (entering the stage and its
+    /// steps), when the device loop is in use.
+    pub fn device_loop_stage_seconds(&self) -> Option<&[f64]> {
+        self.device_loop.as_ref().map(DeviceLoop::last_stage_seconds)
+    }
+
+    /// Ends ONNX Runtime profiling of every session (with [`RuntimeConfig::profile_prefix`] set); returns
     /// `(graph key, profile file)` per session.
     pub fn end_profiling(&mut self) -> Result<Vec<(String, PathBuf)>, HeliosError> {
         let mut files = Vec::new();
