@@ -691,7 +691,7 @@ def parse_args(argv):
     p.add_argument("--smoke", action="store_true", help="tiny models, few clips, ~90 s budget (CPU check)")
     p.add_argument("--bench", action="store_true", help="time real-config training steps, then exit")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=max(1, min(15, (os.cpu_count() or 2) - 1)))
+    p.add_argument("--workers", type=int, default=max(1, min(13, (os.cpu_count() or 2) - 3)))
     p.add_argument("--max-clips", type=int, default=5000)
     p.add_argument("--vae-frac", type=float, default=0.35, help="share of the budget ending the VAE phase")
     p.add_argument("--encode-frac", type=float, default=0.06, help="max share of the budget for encoding")
