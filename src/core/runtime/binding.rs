@@ -306,20 +306,12 @@ impl Proto {
     }
 }
 
-/// The bytes of an ONNX model `y = Identity(x)` for one static tensor type (IR 10, opset 21).
-pub(crate) fn identity_model(dtype: DType, shape: &[usize]) -> Vec<u8> {
+/// The bytes of an ONNX model `y = Identity(x)` for one element type and any shape (IR 10, opset 21).
+pub(crate) fn identity_model(dtype: DType) -> Vec<u8> {
     let value_info = |p: &mut Proto, name: &str| {
         p.bytes(1, name.as_bytes());
-        p.message(2, |t| {
-            t.message(1, |tt| {
-                tt.int(1, onnx_elem_type(dtype));
-                tt.message(2, |sh| {
-                    for d in shape {
-                        sh.message(1, |dim| dim.int(1, *d as u64));
-                    }
-                });
-            });
-        });
+        // TypeProto { tensor_type { elem_type } }: no shape, so one session copies tensors of any shape.
+        p.message(2, |t| t.message(1, |tt| tt.int(1, onnx_elem_type(dtype))));
     };
     let mut m = Proto(Vec::new());
     m.int(1, 10); // ir_version
@@ -340,12 +332,30 @@ pub(crate) fn identity_model(dtype: DType, shape: &[usize]) -> Vec<u8> {
     m.0
 }
 
-/// Moves one tensor between host and device (or device and device) through a copy session on the
-/// model's provider. The device side is bound once; an upload rebinds its host input on each call
-/// (binding is where ONNX Runtime copies a host input to the device).
+/// Copy sessions on the model's provider, one per element type, each serving many [`Transfer`]s.
+pub struct Copier {
+    provider: Provider,
+    sessions: Vec<(DType, Session)>,
+}
+
+impl std::fmt::Debug for Copier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Copier")
+            .field("provider", &self.provider.name())
+            .field(
+                "dtypes",
+                &self.sessions.iter().map(|(d, _)| *d).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// One bound copy: which [`Copier`] session runs it and the binding (the device side is bound once; an
+/// upload rebinds its host input on each call, because binding is where ONNX Runtime copies a host input
+/// to the device).
 pub struct Transfer {
     what: String,
-    session: Session,
+    session: usize,
     binding: IoBinding,
 }
 
@@ -357,8 +367,26 @@ impl std::fmt::Debug for Transfer {
     }
 }
 
-impl Transfer {
-    fn session(what: &str, provider: &Provider, spec: &TensorSpec) -> Result<Session, HeliosError> {
+impl Copier {
+    /// Copies run on `provider` (CUDA under TensorRT: a TensorRT engine per copy would be absurd).
+    pub fn new(provider: &Provider) -> Self {
+        let provider = match provider {
+            Provider::TensorRt(o) => Provider::Cuda(super::provider::CudaOptions {
+                device_id: o.device_id,
+                ..Default::default()
+            }),
+            other => other.clone(),
+        };
+        Self {
+            provider,
+            sessions: Vec::new(),
+        }
+    }
+
+    fn session(&mut self, what: &str, dtype: DType) -> Result<usize, HeliosError> {
+        if let Some(i) = self.sessions.iter().position(|(d, _)| *d == dtype) {
+            return Ok(i);
+        }
         let env = super::environment()?;
         let mut builder = Session::builder(&env)
             .map_err(ort_err(what))?
@@ -368,87 +396,89 @@ impl Transfer {
             .map_err(ort_err(what))?
             .with_inter_threads(1)
             .map_err(ort_err(what))?;
-        // Copies run on CUDA under TensorRT too: a TensorRT engine per copy would be absurd.
-        let copy_provider = match provider {
-            Provider::TensorRt(o) => Provider::Cuda(super::provider::CudaOptions {
-                device_id: o.device_id,
-                ..Default::default()
-            }),
-            other => other.clone(),
-        };
-        let dispatch = copy_provider.dispatch(false, false);
+        let dispatch = self.provider.dispatch(false, false);
         if !dispatch.is_empty() {
             builder = builder
                 .with_execution_providers(dispatch)
                 .map_err(ort_err(what))?;
         }
-        builder
-            .commit_from_memory(&identity_model(spec.dtype, &spec.shape))
-            .map_err(ort_err(what))
+        let session = builder
+            .commit_from_memory(&identity_model(dtype))
+            .map_err(ort_err(what))?;
+        self.sessions.push((dtype, session));
+        Ok(self.sessions.len() - 1)
     }
 
     /// Host → device: `device` is written by [`Self::upload`].
     pub fn to_device(
+        &mut self,
         what: impl Into<String>,
-        provider: &Provider,
-        spec: &TensorSpec,
+        dtype: DType,
         device: &mut DynTensor,
-    ) -> Result<Self, HeliosError> {
+    ) -> Result<Transfer, HeliosError> {
         let what = what.into();
-        let session = Self::session(&what, provider, spec)?;
-        let mut binding = session.create_binding().map_err(ort_err(&what))?;
+        let session = self.session(&what, dtype)?;
+        let mut binding = self.sessions[session]
+            .1
+            .create_binding()
+            .map_err(ort_err(&what))?;
         binding.bind_output("y", device).map_err(ort_err(&what))?;
-        Ok(Self {
+        Ok(Transfer {
             what,
             session,
             binding,
         })
     }
 
-    /// Device → host (or device → device): `from` is read, `to` written by [`Self::run`].
+    /// Device → host (or device → device): `from` is read and `to` written by [`Self::run`].
     pub fn between(
+        &mut self,
         what: impl Into<String>,
-        provider: &Provider,
-        spec: &TensorSpec,
+        dtype: DType,
         from: &DynTensor,
         to: &mut DynTensor,
-    ) -> Result<Self, HeliosError> {
+    ) -> Result<Transfer, HeliosError> {
         let what = what.into();
-        let session = Self::session(&what, provider, spec)?;
-        let mut binding = session.create_binding().map_err(ort_err(&what))?;
+        let session = self.session(&what, dtype)?;
+        let mut binding = self.sessions[session]
+            .1
+            .create_binding()
+            .map_err(ort_err(&what))?;
         binding.bind_input("x", from).map_err(ort_err(&what))?;
         binding.bind_output("y", to).map_err(ort_err(&what))?;
-        Ok(Self {
+        Ok(Transfer {
             what,
             session,
             binding,
         })
     }
 
-    /// Copies `host` to the device tensor of [`Self::to_device`]; returns when the copy is done.
-    pub fn upload(&mut self, host: &HostTensor) -> Result<(), HeliosError> {
-        self.binding
+    /// Copies `host` to the device tensor of a [`Self::to_device`] transfer; returns when it is done.
+    pub fn upload(
+        &mut self,
+        transfer: &mut Transfer,
+        host: &HostTensor,
+    ) -> Result<(), HeliosError> {
+        transfer
+            .binding
             .bind_input("x", host.tensor())
-            .map_err(ort_err(&self.what))?;
-        self.run()
+            .map_err(ort_err(&transfer.what))?;
+        self.run(transfer)
     }
 
-    /// Runs the copy as bound; returns when it is done.
-    pub fn run(&mut self) -> Result<(), HeliosError> {
-        let outputs = self
-            .session
-            .run_binding(&self.binding)
-            .map_err(ort_err(&self.what))?;
+    /// Runs a transfer as bound; returns when the copy is done.
+    pub fn run(&mut self, transfer: &Transfer) -> Result<(), HeliosError> {
+        let session = &mut self.sessions[transfer.session].1;
+        let outputs = session
+            .run_binding(&transfer.binding)
+            .map_err(ort_err(&transfer.what))?;
         drop(outputs);
         Ok(())
     }
 
-    /// Points the output of a host → device transfer at another device tensor (setup only).
-    pub fn retarget(&mut self, device: &mut DynTensor) -> Result<(), HeliosError> {
-        self.binding.clear_outputs();
-        self.binding
-            .bind_output("y", device)
-            .map_err(ort_err(&self.what))
+    /// Number of copy sessions (one per element type used).
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
     }
 }
 
@@ -481,9 +511,12 @@ mod tests {
                 on_gpu: false,
             };
             let mut device = memory.tensor(&s)?;
-            Transfer::to_device("up", &Provider::Cpu, &s, &mut device)?.upload(&up)?;
+            let mut copier = Copier::new(&Provider::Cpu);
+            let mut up_copy = copier.to_device("up", dtype, &mut device)?;
+            copier.upload(&mut up_copy, &up)?;
             let mut down = HostTensor::new("down", &s)?;
-            Transfer::between("down", &Provider::Cpu, &s, &device, &mut down.tensor)?.run()?;
+            let down_copy = copier.between("down", dtype, &device, &mut down.tensor)?;
+            copier.run(&down_copy)?;
             let mut out = [0f32; 6];
             down.read_f32(&mut out)?;
             for (i, v) in out.iter().enumerate() {
@@ -505,7 +538,9 @@ mod tests {
             on_gpu: false,
         };
         let mut device = memory.tensor(&s)?;
-        Transfer::to_device("sigma", &Provider::Cpu, &s, &mut device)?.upload(&host)?;
+        let mut copier = Copier::new(&Provider::Cpu);
+        let mut copy = copier.to_device("sigma", DType::F64, &mut device)?;
+        copier.upload(&mut copy, &host)?;
         let (_, back) = device
             .try_extract_tensor::<f64>()
             .map_err(ort_err("sigma"))?;

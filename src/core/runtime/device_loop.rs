@@ -29,7 +29,7 @@ use ndarray::{Array3, ArrayView5, Axis, s};
 use ort::session::{IoBinding, RunOptions};
 use ort::value::DynTensor;
 
-use super::binding::{DeviceMemory, HostTensor, Transfer, ort_err};
+use super::binding::{Copier, DeviceMemory, HostTensor, Transfer, ort_err};
 use super::provider::Provider;
 use super::session::GraphSession;
 use crate::core::manifest::{DType, ModelManifest, TensorSpec};
@@ -272,6 +272,7 @@ struct Staging {
 
 /// The copies between host and device, each bound once.
 struct Copies {
+    copier: Copier,
     eps: Transfer,
     z: Vec<Transfer>,
     text: Transfer,
@@ -536,8 +537,7 @@ impl DeviceLoop {
             },
         );
         let mut scalars: Vec<DynTensor> = Vec::new();
-        // One copy session per scalar type, pointed at each scalar in turn (setup only).
-        let mut scalar_copies: Vec<((DType, Vec<usize>), Transfer)> = Vec::new();
+        let mut copier = Copier::new(provider);
         // [amplified][stage][step] -> (timestep, sigma, sigma_next) indices into `scalars`
         let mut scalar_index: [Vec<Vec<(usize, usize, usize)>>; 2] = [Vec::new(), Vec::new()];
         for (v, amplify) in [false, true].into_iter().enumerate() {
@@ -568,24 +568,8 @@ impl DeviceLoop {
                     ] {
                         host.set_scalar(float, int)?;
                         let mut dev = alloc(spec)?;
-                        let key = (spec.dtype, spec.shape.clone());
-                        let copy = match scalar_copies.iter().position(|(k, _)| *k == key) {
-                            Some(i) => {
-                                scalar_copies[i].1.retarget(&mut dev)?;
-                                i
-                            }
-                            None => {
-                                let copy = Transfer::to_device(
-                                    "schedule upload",
-                                    provider,
-                                    spec,
-                                    &mut dev,
-                                )?;
-                                scalar_copies.push((key, copy));
-                                scalar_copies.len() - 1
-                            }
-                        };
-                        scalar_copies[copy].1.upload(host)?;
+                        let mut copy = copier.to_device("schedule upload", spec.dtype, &mut dev)?;
+                        copier.upload(&mut copy, host)?;
                         scalars.push(dev);
                     }
                     per_step.push((base, base + 1, base + 2));
@@ -709,45 +693,47 @@ impl DeviceLoop {
             rgba: HostTensor::new("frames download", &rgba_spec)?,
         };
         let [hist0, hist1] = &mut buffers.history;
+        let eps_copy = copier.to_device("noise upload", eps_spec.dtype, &mut buffers.eps)?;
+        let z_copies = z_specs
+            .iter()
+            .zip(buffers.z.iter_mut())
+            .map(|(sp, dev)| copier.to_device("block noise upload", sp.dtype, dev))
+            .collect::<Result<_, _>>()?;
+        let text_copy = copier.to_device("prompt upload", text_spec.dtype, &mut buffers.text)?;
+        let history_copies = [
+            copier.to_device("history upload", hist_spec.dtype, hist0)?,
+            copier.to_device("history upload", hist_spec.dtype, hist1)?,
+        ];
+        let anchor_copy =
+            copier.to_device("anchor upload", anchor_spec.dtype, &mut buffers.anchor)?;
+        let capture_anchor = copier.between(
+            "anchor capture",
+            anchor_spec.dtype,
+            &buffers.first_frame,
+            &mut buffers.anchor,
+        )?;
+        let latents_copy = copier.between(
+            "latents download",
+            x0_specs[last].dtype,
+            &buffers.latents,
+            staging.latents.tensor_mut(),
+        )?;
+        let rgba_copy = copier.between(
+            "frames download",
+            rgba_spec.dtype,
+            &buffers.rgba,
+            staging.rgba.tensor_mut(),
+        )?;
         let copies = Copies {
-            eps: Transfer::to_device("noise upload", provider, &eps_spec, &mut buffers.eps)?,
-            z: z_specs
-                .iter()
-                .zip(buffers.z.iter_mut())
-                .map(|(sp, dev)| Transfer::to_device("block noise upload", provider, sp, dev))
-                .collect::<Result<_, _>>()?,
-            text: Transfer::to_device("prompt upload", provider, &text_spec, &mut buffers.text)?,
-            history: [
-                Transfer::to_device("history upload", provider, &hist_spec, hist0)?,
-                Transfer::to_device("history upload", provider, &hist_spec, hist1)?,
-            ],
-            anchor: Transfer::to_device(
-                "anchor upload",
-                provider,
-                &anchor_spec,
-                &mut buffers.anchor,
-            )?,
-            capture_anchor: Transfer::between(
-                "anchor capture",
-                provider,
-                &anchor_spec,
-                &buffers.first_frame,
-                &mut buffers.anchor,
-            )?,
-            latents: Transfer::between(
-                "latents download",
-                provider,
-                &x0_specs[last],
-                &buffers.latents,
-                staging.latents.tensor_mut(),
-            )?,
-            rgba: Transfer::between(
-                "frames download",
-                provider,
-                &rgba_spec,
-                &buffers.rgba,
-                staging.rgba.tensor_mut(),
-            )?,
+            copier,
+            eps: eps_copy,
+            z: z_copies,
+            text: text_copy,
+            history: history_copies,
+            anchor: anchor_copy,
+            capture_anchor,
+            latents: latents_copy,
+            rgba: rgba_copy,
         };
         let sizes = [
             manifest.history_sizes[0],
@@ -845,7 +831,9 @@ impl DeviceLoop {
             });
         }
         self.staging.history.fill_f32(|d| history.write_window(d))?;
-        self.copies.history[self.parity].upload(&self.staging.history)?;
+        let c = &mut self.copies;
+        c.copier
+            .upload(&mut c.history[self.parity], &self.staging.history)?;
         self.staging.anchor.fill_f32(|d| {
             match history.anchor() {
                 Some(a) if a.len() == d.len() => d.copy_from_slice(a),
@@ -860,7 +848,8 @@ impl DeviceLoop {
             }
             Ok(())
         })?;
-        self.copies.anchor.upload(&self.staging.anchor)?;
+        let c = &mut self.copies;
+        c.copier.upload(&mut c.anchor, &self.staging.anchor)?;
         self.stats.uploads += 2;
         self.stats.history_uploads += 1;
         Ok(())
@@ -885,7 +874,8 @@ impl DeviceLoop {
             d.iter_mut().zip(text.iter()).for_each(|(d, s)| *d = *s);
             Ok(())
         })?;
-        self.copies.text.upload(&self.staging.text)?;
+        let c = &mut self.copies;
+        c.copier.upload(&mut c.text, &self.staging.text)?;
         self.text_host.clear();
         self.text_host.extend(text.iter());
         self.text_valid = true;
@@ -934,16 +924,11 @@ impl DeviceLoop {
         self.staging
             .eps
             .fill_f32(|d| noise.fill(DrawKind::LatentNoise, d))?;
-        self.copies.eps.upload(&self.staging.eps)?;
-        for (i, (host, copy)) in self
-            .staging
-            .z
-            .iter_mut()
-            .zip(self.copies.z.iter_mut())
-            .enumerate()
-        {
+        let c = &mut self.copies;
+        c.copier.upload(&mut c.eps, &self.staging.eps)?;
+        for (i, (host, copy)) in self.staging.z.iter_mut().zip(c.z.iter_mut()).enumerate() {
             host.fill_f32(|d| noise.fill(DrawKind::BlockNoise { stage: i + 1 }, d))?;
-            copy.upload(host)?;
+            c.copier.upload(copy, host)?;
         }
         self.stats.uploads += 1 + self.buffers.z.len() as u64;
 
@@ -966,9 +951,10 @@ impl DeviceLoop {
         self.run_push[self.parity].run(&mut self.push, stats)?;
         self.run_decode.run(&mut self.decode, stats)?;
 
-        self.copies.latents.run()?;
+        let c = &mut self.copies;
+        c.copier.run(&c.latents)?;
         self.staging.latents.read_f32(&mut self.latents)?;
-        self.copies.rgba.run()?;
+        c.copier.run(&c.rgba)?;
         self.stats.downloads += 2;
         let bad = self.latents.iter().filter(|v| !v.is_finite()).count();
         if bad > 0 {
@@ -984,7 +970,8 @@ impl DeviceLoop {
         let chunk = latents.index_axis(Axis(0), 0);
         if chunk_index == 0 && !history.has_anchor() {
             history.set_anchor(chunk.slice(s![.., 0..1, .., ..]))?;
-            self.copies.capture_anchor.run()?;
+            let c = &mut self.copies;
+            c.copier.run(&c.capture_anchor)?;
             self.stats.device_copies += 1;
         }
         history.push(chunk)?;
