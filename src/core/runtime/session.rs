@@ -315,7 +315,8 @@ pub(crate) fn build_session(
     }
     if let Some(prefix) = &config.profile_prefix {
         if let Some(parent) = prefix.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| (false, format!("profile directory: {e}")))?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| (false, format!("profile directory: {e}")))?;
         }
         let mut file = prefix.as_os_str().to_owned();
         file.push(format!(".{key}"));
@@ -541,7 +542,9 @@ impl OrtModel {
     /// Seconds each pyramid stage took in the device loop's last chunk (entering the stage and its
     /// steps), when the device loop is in use.
     pub fn device_loop_stage_seconds(&self) -> Option<&[f64]> {
-        self.device_loop.as_ref().map(DeviceLoop::last_stage_seconds)
+        self.device_loop
+            .as_ref()
+            .map(DeviceLoop::last_stage_seconds)
     }
 
     /// Ends ONNX Runtime profiling of every session (with [`RuntimeConfig::profile_prefix`] set); returns
