@@ -29,6 +29,8 @@ pub struct ModelInfo {
     pub frames_per_chunk: usize,
     /// Prompt names of the embedding bank, sorted.
     pub prompts: Vec<String>,
+    /// Whether the model has a text encoder, so prompt keys outside the bank are embedded as free text.
+    pub free_text: bool,
     /// The execution provider in use and the ones skipped.
     pub provider: ProviderReport,
 }
@@ -40,7 +42,8 @@ pub trait HeliosGenerator: Send {
     fn info(&self) -> ModelInfo;
     /// Opens a fresh stream.
     fn new_stream(&mut self, config: &StreamConfig) -> Result<GenerationState, HeliosError>;
-    /// Checks prompt weights against the bank (so a bad name fails at `set_prompt`, not later).
+    /// Checks prompt weights against the bank, or the text encoder for free text (so a bad name fails
+    /// at `set_prompt`, not later).
     fn check_prompt(&self, weights: &PromptWeights) -> Result<(), HeliosError>;
     /// Generates the next chunk, advancing `state` only on success.
     fn next_chunk(&mut self, state: &mut GenerationState) -> Result<Chunk, HeliosError>;
@@ -113,6 +116,7 @@ impl<N: GeneratorNetworks> HeliosGenerator for HeliosModel<N> {
             height: m.height as u32,
             frames_per_chunk: m.frames_per_chunk(),
             prompts: self.bank().names().map(str::to_string).collect(),
+            free_text: self.text_encoder().is_some(),
             provider: N::provider(self),
         }
     }
@@ -120,7 +124,7 @@ impl<N: GeneratorNetworks> HeliosGenerator for HeliosModel<N> {
         HeliosModel::new_stream(self, config)
     }
     fn check_prompt(&self, weights: &PromptWeights) -> Result<(), HeliosError> {
-        self.bank().blend(weights).map(|_| ())
+        HeliosModel::check_prompt(self, weights)
     }
     fn next_chunk(&mut self, state: &mut GenerationState) -> Result<Chunk, HeliosError> {
         HeliosModel::next_chunk(self, state)
@@ -201,6 +205,7 @@ impl HeliosBackend {
 
     /// The real manifest, embedding bank and sampler with [`PatternNetworks`] instead of the ONNX
     /// graphs: no ONNX Runtime, a chunk in milliseconds, frames that depend on prompt and seed.
+    /// It has no text encoder (that needs ONNX Runtime), so prompts are limited to the bank.
     pub fn pattern() -> Self {
         Self::custom("pattern", |req, progress| {
             progress("reading manifest", 0.2);

@@ -50,14 +50,20 @@ pub enum HeliosError {
         /// The shape it got.
         actual: Vec<usize>,
     },
-    /// A prompt name is not in the model's embedding bank.
-    #[error("prompt `{name}` is not in the embedding bank (known: {known})")]
+    /// A prompt name is not in the model's embedding bank (and the model has no text encoder to embed it
+    /// as free text).
+    #[error(
+        "prompt `{name}` is not in the embedding bank (known: {known}); free-text prompts need a model with a text encoder"
+    )]
     UnknownPrompt {
         /// The missing name.
         name: String,
         /// Some known names, comma separated.
         known: String,
     },
+    /// A free-text prompt is empty or only whitespace.
+    #[error("the prompt text is empty")]
+    EmptyPrompt,
     /// The ONNX Runtime library could not be found, fetched or loaded.
     #[error("ONNX Runtime is unavailable: {0}")]
     RuntimeUnavailable(String),

@@ -1,8 +1,10 @@
 //! The Helios inspector (feature `inspector`): an egui window with the model status, per-stream
 //! metrics (FPS, chunk latency, queue depth, first-frame latency, dropped/held frames), the plugin's
-//! main-thread cost, and live controls per screen: prompt-weight sliders, seed, pause/resume, and
-//! recording to PNG frames or a GIF. Toggle it with F2 (see [`HeliosInspector`]).
+//! main-thread cost, and live controls per screen: prompt-weight sliders, a free-text prompt field (models
+//! with a text encoder), seed, pause/resume, and recording to PNG frames or a GIF. Toggle it with F2 (see
+//! [`HeliosInspector`]).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use bevy::diagnostic::{DiagnosticPath, DiagnosticsStore};
@@ -10,6 +12,7 @@ use bevy::prelude::*;
 use bevy_egui::input::EguiWantsInput;
 use bevy_egui::{EguiContexts, EguiPlugin, EguiPrimaryContextPass, egui};
 
+use crate::core::embedding::PromptWeights;
 use crate::diagnostics::{MAIN_THREAD_MS, SEND_RETRIES};
 use crate::export::{RecordFormat, StreamRecorder};
 use crate::screen::{HeliosScreen, HeliosStream, HeliosStreamStats};
@@ -32,6 +35,8 @@ pub struct HeliosInspector {
     /// Where recordings go (one sub-directory or file per recording).
     pub record_dir: PathBuf,
     recordings: u32,
+    /// Free-text prompt being typed, per screen.
+    drafts: HashMap<Entity, String>,
 }
 
 impl Default for HeliosInspector {
@@ -41,6 +46,7 @@ impl Default for HeliosInspector {
             toggle_key: KeyCode::F2,
             record_dir: PathBuf::from("recordings"),
             recordings: 0,
+            drafts: HashMap::new(),
         }
     }
 }
@@ -218,6 +224,13 @@ fn draw(
                                         }
                                     }
                                 });
+                            if info.free_text {
+                                free_text_field(
+                                    ui,
+                                    inspector.drafts.entry(entity).or_default(),
+                                    &mut prompt,
+                                );
+                            }
                         }
                         if paused != screen.paused {
                             screen.paused = paused;
@@ -269,4 +282,32 @@ fn draw(
     if open != inspector.open {
         inspector.open = open;
     }
+    // forget drafts of screens that are gone
+    if inspector.drafts.len() > screens.iter().len() {
+        inspector.drafts.retain(|e, _| screens.contains(*e));
+    }
+}
+
+/// A line to type any prompt into: "set" replaces the screen's prompt with it, "blend" adds it at 0.5
+/// (Enter sets). The worker embeds it with the model's text encoder.
+fn free_text_field(ui: &mut egui::Ui, draft: &mut String, prompt: &mut PromptWeights) {
+    ui.horizontal(|ui| {
+        let field = ui.add(
+            egui::TextEdit::singleline(draft)
+                .hint_text("free-text prompt")
+                .desired_width(180.0),
+        );
+        let entered = field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+        let text = draft.trim().to_string();
+        let ready = !text.is_empty();
+        let set = ui.add_enabled(ready, egui::Button::new("set")).clicked();
+        let blend = ui.add_enabled(ready, egui::Button::new("blend")).clicked();
+        if ready && (set || entered) {
+            *prompt = PromptWeights::one(text);
+            draft.clear();
+        } else if ready && blend {
+            prompt.0.insert(text, 0.5);
+            draft.clear();
+        }
+    });
 }

@@ -1,6 +1,8 @@
 //! Prompt embeddings: the bank shipped with a model, weighted blends of named prompts, and the
-//! crossfade between chunks when the blend changes.
+//! crossfade between chunks when the blend changes. Free text (a model with a text encoder) comes in
+//! through [`PromptSource`]; see [`crate::core::text`].
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -94,6 +96,11 @@ impl EmbeddingBank {
         self.texts.get(name).map(String::as_str)
     }
 
+    /// Whether `name` is in the bank.
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
     /// One entry.
     pub fn get(&self, name: &str) -> Result<&Array2<f32>, HeliosError> {
         self.entries
@@ -111,23 +118,59 @@ impl EmbeddingBank {
 
     /// The weighted mean of named prompts, `[1, S, D]`. Weights are normalised to sum to 1.
     pub fn blend(&self, weights: &PromptWeights) -> Result<Array3<f32>, HeliosError> {
-        let total: f32 = weights.0.values().filter(|w| **w > 0.0).sum();
-        if !(total > 0.0 && total.is_finite()) {
-            return Err(HeliosError::InvalidInput(format!(
-                "prompt weights {weights:?} need at least one positive finite weight"
-            )));
-        }
-        let mut out = Array2::<f32>::zeros((self.seq_len, self.dim));
-        for (name, w) in &weights.0 {
-            if *w > 0.0 {
-                out.scaled_add(*w / total, self.get(name)?);
-            } else {
-                // still report unknown names with zero weight
-                self.get(name)?;
-            }
-        }
-        Ok(out.insert_axis(Axis(0)))
+        blend(&mut &*self, weights)
     }
+}
+
+/// Where the embedding of a prompt key comes from: a bank of named prompts, or a bank plus a text
+/// encoder for free text ([`crate::core::text::PromptResolver`]).
+pub trait PromptSource {
+    /// `[seq_len, dim]` of every embedding.
+    fn shape(&self) -> (usize, usize);
+    /// The `[seq_len, dim]` embedding of `key`, or why there is none (e.g. [`HeliosError::UnknownPrompt`]).
+    fn embedding(&mut self, key: &str) -> Result<Cow<'_, Array2<f32>>, HeliosError>;
+    /// Whether `key` would resolve, without computing anything expensive.
+    fn check(&self, key: &str) -> Result<(), HeliosError>;
+}
+
+impl PromptSource for &EmbeddingBank {
+    fn shape(&self) -> (usize, usize) {
+        EmbeddingBank::shape(self)
+    }
+
+    fn embedding(&mut self, key: &str) -> Result<Cow<'_, Array2<f32>>, HeliosError> {
+        self.get(key).map(Cow::Borrowed)
+    }
+
+    fn check(&self, key: &str) -> Result<(), HeliosError> {
+        self.get(key).map(|_| ())
+    }
+}
+
+/// The weighted mean of the embeddings of `weights`' keys, `[1, S, D]`; weights normalised to sum to 1.
+pub fn blend(
+    source: &mut dyn PromptSource,
+    weights: &PromptWeights,
+) -> Result<Array3<f32>, HeliosError> {
+    let total = weights.total()?;
+    let (seq_len, dim) = source.shape();
+    let mut out = Array2::<f32>::zeros((seq_len, dim));
+    for (name, w) in &weights.0 {
+        if *w <= 0.0 {
+            source.check(name)?; // still report unknown names with zero weight
+            continue;
+        }
+        let emb = source.embedding(name)?;
+        if emb.dim() != (seq_len, dim) {
+            return Err(HeliosError::ShapeMismatch {
+                what: format!("embedding of prompt `{name}`"),
+                expected: vec![seq_len, dim],
+                actual: emb.shape().to_vec(),
+            });
+        }
+        out.scaled_add(*w / total, &emb);
+    }
+    Ok(out.insert_axis(Axis(0)))
 }
 
 /// Weights over named prompts of a model's bank. A single prompt is `PromptWeights::one("day")`.
@@ -144,6 +187,17 @@ impl PromptWeights {
     pub fn with(mut self, name: impl Into<String>, weight: f32) -> Self {
         self.0.insert(name.into(), weight);
         self
+    }
+
+    /// Sum of the positive weights; an error unless it is positive and finite.
+    pub fn total(&self) -> Result<f32, HeliosError> {
+        let total: f32 = self.0.values().filter(|w| **w > 0.0).sum();
+        if !(total > 0.0 && total.is_finite()) {
+            return Err(HeliosError::InvalidInput(format!(
+                "prompt weights {self:?} need at least one positive finite weight"
+            )));
+        }
+        Ok(total)
     }
 
     /// Parses `name` or `name=0.7,other=0.3`.
@@ -222,6 +276,14 @@ impl PromptCrossfade {
         &mut self,
         bank: &EmbeddingBank,
     ) -> Result<(PromptWeights, Array3<f32>), HeliosError> {
+        self.next_embedding_from(&mut &*bank)
+    }
+
+    /// [`Self::next_embedding`] with prompts resolved by `source` (e.g. bank + text encoder).
+    pub fn next_embedding_from(
+        &mut self,
+        source: &mut dyn PromptSource,
+    ) -> Result<(PromptWeights, Array3<f32>), HeliosError> {
         let weights = match &self.from {
             None => self.target.clone(),
             Some(from) => {
@@ -229,7 +291,7 @@ impl PromptCrossfade {
                 mix_weights(from, &self.target, t)
             }
         };
-        let emb = bank.blend(&weights)?;
+        let emb = blend(source, &weights)?;
         self.progress = self.progress.saturating_add(1);
         if self.progress >= self.chunks {
             self.from = None;

@@ -119,6 +119,25 @@ pub struct EmbeddingSpec {
     pub dim: usize,
 }
 
+/// The optional text encoder for free-text prompts (see [`crate::core::text::TextEncoder`]): an ONNX
+/// graph `(input_ids, attention_mask) [1, L] int64 -> embedding [1, dim] f32` plus its `tokenizer.json`.
+/// Its embedding is the model's one-token prompt, so `embeddings.seq_len` must be 1 and `embeddings.dim`
+/// the graph's output width.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextEncoderSpec {
+    /// ONNX file inside the model directory.
+    pub file: String,
+    /// Hugging Face `tokenizer.json` inside the model directory.
+    pub tokenizer: String,
+    /// SHA-256 of `file`.
+    pub sha256: String,
+    /// SHA-256 of `tokenizer`.
+    pub tokenizer_sha256: String,
+    /// Longest token sequence ([CLS] and [SEP] included); longer texts are cut (128 for all-MiniLM-L6-v2).
+    pub max_tokens: usize,
+}
+
 /// Parsed `manifest.ron`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -164,6 +183,9 @@ pub struct ModelManifest {
     pub latents_std: Vec<f32>,
     /// Prompt embedding bank.
     pub embeddings: EmbeddingSpec,
+    /// Text encoder for free-text prompts; `None` (absent from the file) limits prompts to the bank.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_encoder: Option<TextEncoderSpec>,
     /// Graphs by key (`denoiser_stage0`, `vae_decoder`, ...).
     pub graphs: BTreeMap<String, GraphSpec>,
 }
@@ -292,6 +314,23 @@ impl ModelManifest {
         {
             return Err("block_noise_cholesky must be a 4x4 matrix".into());
         }
+        if let Some(t) = &self.text_encoder {
+            if self.embeddings.seq_len != 1 {
+                return Err(format!(
+                    "a text encoder gives one prompt token, but embeddings.seq_len is {} (must be 1)",
+                    self.embeddings.seq_len
+                ));
+            }
+            if t.file.is_empty() || t.tokenizer.is_empty() {
+                return Err("text_encoder needs both `file` and `tokenizer`".into());
+            }
+            if t.max_tokens < 2 {
+                return Err(format!(
+                    "text_encoder.max_tokens {} leaves no room for a word ([CLS] and [SEP] count)",
+                    t.max_tokens
+                ));
+            }
+        }
         for key in REQUIRED_GRAPHS {
             if !self.graphs.contains_key(*key) {
                 return Err(format!("graph `{key}` is missing"));
@@ -411,6 +450,7 @@ pub(crate) mod tests {
                 seq_len: 16,
                 dim: 32,
             },
+            text_encoder: None,
             graphs,
         }
     }
@@ -446,5 +486,67 @@ pub(crate) mod tests {
         let mut m = tiny();
         m.graphs.remove("denoiser_stage1");
         assert!(m.validate().unwrap_err().contains("denoiser_stage1"));
+    }
+
+    fn encoder_spec() -> TextEncoderSpec {
+        TextEncoderSpec {
+            file: "text_encoder.onnx".into(),
+            tokenizer: "tokenizer.json".into(),
+            sha256: String::new(),
+            tokenizer_sha256: String::new(),
+            max_tokens: 128,
+        }
+    }
+
+    /// `tiny()` with a one-token prompt of width 16 and a text encoder.
+    pub(crate) fn tiny_with_text_encoder() -> ModelManifest {
+        let mut m = tiny();
+        m.embeddings.seq_len = 1;
+        m.embeddings.dim = 16;
+        for g in m.graphs.values_mut() {
+            for t in &mut g.inputs {
+                if t.name == "encoder_hidden_states" {
+                    t.shape = vec![1, 1, 16];
+                }
+            }
+        }
+        m.text_encoder = Some(encoder_spec());
+        m
+    }
+
+    #[test]
+    fn text_encoder_is_optional_and_roundtrips() {
+        // A manifest written before text encoders existed has no such field.
+        let text = ron::ser::to_string_pretty(&tiny(), Default::default()).unwrap();
+        assert!(
+            !text.contains("text_encoder"),
+            "None should not be written, so old readers still parse new manifests without one"
+        );
+        let back: ModelManifest = ron::from_str(&text).unwrap();
+        assert_eq!(back.text_encoder, None);
+        let m = tiny_with_text_encoder();
+        m.validate()
+            .expect("a one-token manifest with a text encoder should validate");
+        let text = ron::ser::to_string_pretty(&m, Default::default()).unwrap();
+        assert!(text.contains("text_encoder: Some(("), "{text}");
+        let back: ModelManifest = ron::from_str(&text).unwrap();
+        assert_eq!(back, m, "text_encoder should survive a RON round trip");
+    }
+
+    #[test]
+    fn text_encoder_needs_one_token_prompts() {
+        let mut m = tiny();
+        m.text_encoder = Some(encoder_spec());
+        let err = m.validate().unwrap_err();
+        assert!(
+            err.contains("embeddings.seq_len is 16 (must be 1)"),
+            "a 16-row bank cannot take one-token text embeddings: {err}"
+        );
+        let mut m = tiny_with_text_encoder();
+        m.text_encoder.as_mut().unwrap().max_tokens = 1;
+        assert!(m.validate().unwrap_err().contains("max_tokens 1"));
+        let mut m = tiny_with_text_encoder();
+        m.text_encoder.as_mut().unwrap().tokenizer.clear();
+        assert!(m.validate().unwrap_err().contains("`tokenizer`"));
     }
 }

@@ -8,3 +8,4 @@ pub mod model;
 pub mod runtime;
 pub mod sampler;
 pub mod stream;
+pub mod text;

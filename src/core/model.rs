@@ -1,12 +1,12 @@
-//! [`HeliosModel`]: a loaded model (manifest, embedding bank, networks) that turns a stream's state into
-//! decoded chunks, one call per chunk.
+//! [`HeliosModel`]: a loaded model (manifest, embedding bank, optional text encoder, networks) that turns
+//! a stream's state into decoded chunks, one call per chunk.
 
 use std::path::Path;
 use std::time::Instant;
 
 use ndarray::{Array5, Axis, s};
 
-use crate::core::embedding::{EmbeddingBank, PromptCrossfade};
+use crate::core::embedding::{EmbeddingBank, PromptCrossfade, PromptWeights};
 use crate::core::manifest::ModelManifest;
 use crate::core::runtime::session::check_file;
 use crate::core::runtime::{OrtModel, ProviderReport, RuntimeConfig};
@@ -16,6 +16,7 @@ use crate::core::sampler::{
     Decoder, Denoiser, NoObserver, Sampler, SamplerObserver, SamplerOptions, video_to_rgba,
 };
 use crate::core::stream::{Chunk, ChunkTimings, GenerationState, StreamConfig};
+use crate::core::text::{PromptResolver, TextEncoder, check_prompt};
 use crate::error::HeliosError;
 
 /// I2V noise ranges: the pipeline's `image_noise_sigma_min/max` and `video_noise_sigma_min/max` defaults.
@@ -23,16 +24,21 @@ const IMAGE_NOISE_SIGMA: (f32, f32) = (0.111, 0.135);
 const VIDEO_NOISE_SIGMA: (f32, f32) = (0.111, 0.135);
 
 /// A model ready to generate: networks `N` (ort sessions by default, fakes in tests) plus the
-/// manifest, the embedding bank and the sampling loop.
+/// manifest, the embedding bank, the text encoder if the model has one, and the sampling loop.
+///
+/// Prompt keys are bank names; with a text encoder any other key is embedded as free text
+/// (`PromptWeights::one("a snowy forest at night")`, also blended with bank names).
 pub struct HeliosModel<N = OrtModel> {
     manifest: ModelManifest,
     bank: EmbeddingBank,
+    text: Option<TextEncoder>,
     sampler: Sampler,
     nets: N,
 }
 
 impl HeliosModel<OrtModel> {
-    /// Loads `dir` (manifest, hashes, bank, every graph) on the first provider of `config` that works.
+    /// Loads `dir` (manifest, hashes, bank, text encoder if any, every graph) on the first provider of
+    /// `config` that works. The text encoder always runs on the CPU.
     pub fn load(dir: impl AsRef<Path>, config: &RuntimeConfig) -> Result<Self, HeliosError> {
         let dir = dir.as_ref();
         let manifest = ModelManifest::load(dir)?;
@@ -47,8 +53,21 @@ impl HeliosModel<OrtModel> {
             manifest.embeddings.seq_len,
             manifest.embeddings.dim,
         )?;
+        let text = match &manifest.text_encoder {
+            Some(spec) => Some(TextEncoder::from_manifest(
+                dir,
+                spec,
+                config.verify_hashes,
+                config.intra_threads,
+            )?),
+            None => None,
+        };
         let nets = OrtModel::load(dir, &manifest, config)?;
-        Ok(Self::with_networks(manifest, bank, nets))
+        let model = Self::with_networks(manifest, bank, nets);
+        match text {
+            Some(text) => model.with_text_encoder(text),
+            None => Ok(model),
+        }
     }
 
     /// Which execution provider runs the model.
@@ -209,6 +228,7 @@ impl<N: Denoiser + Decoder> HeliosModel<N> {
         Self {
             manifest,
             bank,
+            text: None,
             sampler,
             nets,
         }
@@ -219,9 +239,54 @@ impl<N: Denoiser + Decoder> HeliosModel<N> {
         &self.manifest
     }
 
+    /// Adds a text encoder for free-text prompts. Its embedding is the model's prompt, so the bank must
+    /// be one token (`seq_len` 1) of the encoder's width, else [`HeliosError::ManifestMismatch`].
+    pub fn with_text_encoder(mut self, text: TextEncoder) -> Result<Self, HeliosError> {
+        let (seq_len, dim) = self.bank.shape();
+        let (want_seq, want_dim) = (
+            self.manifest.embeddings.seq_len,
+            self.manifest.embeddings.dim,
+        );
+        if seq_len != 1 || want_seq != 1 || dim != text.dim() || want_dim != text.dim() {
+            return Err(HeliosError::ManifestMismatch {
+                graph: "text_encoder".into(),
+                reason: format!(
+                    "the encoder gives [1, {}] embeddings but the model's prompts are \
+                     [{want_seq}, {want_dim}] (embeddings.seq_len must be 1 and dim the encoder's width)",
+                    text.dim()
+                ),
+            });
+        }
+        self.text = Some(text);
+        Ok(self)
+    }
+
     /// The prompt bank.
     pub fn bank(&self) -> &EmbeddingBank {
         &self.bank
+    }
+
+    /// The text encoder, when the model takes free-text prompts.
+    pub fn text_encoder(&self) -> Option<&TextEncoder> {
+        self.text.as_ref()
+    }
+
+    /// Checks prompt weights: positive total, and every key a bank name or, with a text encoder,
+    /// non-empty text ([`HeliosError::UnknownPrompt`] / [`HeliosError::EmptyPrompt`] otherwise). Cheap:
+    /// free text is embedded when a chunk needs it.
+    pub fn check_prompt(&self, weights: &PromptWeights) -> Result<(), HeliosError> {
+        check_prompt(&self.bank, self.text.as_ref(), weights)
+    }
+
+    /// The `[1, S, D]` embedding of prompt weights (bank names and, with a text encoder, free text).
+    pub fn embed_prompt(
+        &mut self,
+        weights: &PromptWeights,
+    ) -> Result<ndarray::Array3<f32>, HeliosError> {
+        crate::core::embedding::blend(
+            &mut PromptResolver::new(&self.bank, self.text.as_mut()),
+            weights,
+        )
     }
 
     /// The networks.
@@ -244,9 +309,9 @@ impl<N: Denoiser + Decoder> HeliosModel<N> {
         self.sampler.set_options(options);
     }
 
-    /// A fresh stream: zero history, RNG at `seed`, prompt checked against the bank.
+    /// A fresh stream: zero history, RNG at `seed`, prompt checked ([`Self::check_prompt`]).
     pub fn new_stream(&self, config: &StreamConfig) -> Result<GenerationState, HeliosError> {
-        self.bank.blend(&config.prompt)?;
+        self.check_prompt(&config.prompt)?;
         let (h, w) = self.manifest.latent_hw();
         let sizes = [
             self.manifest.history_sizes[0],
@@ -299,7 +364,9 @@ impl<N: Denoiser + Decoder> HeliosModel<N> {
         noise: &mut dyn NoiseSource,
         observer: &mut dyn SamplerObserver,
     ) -> Result<Chunk, HeliosError> {
-        let (weights, text) = state.prompt.next_embedding(&self.bank)?;
+        let (weights, text) = state
+            .prompt
+            .next_embedding_from(&mut PromptResolver::new(&self.bank, self.text.as_mut()))?;
         let index = state.chunk_index;
         let t0 = Instant::now();
         let _span = tracing::debug_span!("helios_chunk", index).entered();
