@@ -119,7 +119,8 @@ impl<'a> Binder<'a> {
         Self {
             session,
             cuda_graph,
-            next_graph_id: 0,
+            // ONNX Runtime reserves id 0 for its own use and -1 for "no capture".
+            next_graph_id: 1,
         }
     }
 
