@@ -19,7 +19,7 @@
 # (PROVIDER, cuda; cpu with --tiny), --bench PATH (GPU_BENCH, default .device/gpu_bench, else .devbin/gpu_bench,
 # else target/release/examples/gpu_bench; with --tiny and none of them: tools/bench/ort_loop.py, the Python
 # twin), --work DIR (WORK, /tmp/sbs), --budget S (BUDGET_S, 570 s for everything; tiny 1500), --jobs N (JOBS,
-# export processes, 6; tiny 2), SIGMA_DTYPE (f64 if src/core/manifest.rs knows F64, else f32).
+# export processes, 8; tiny 2), SIGMA_DTYPE (f64 if src/core/manifest.rs knows F64, else f32).
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 2
 
@@ -49,7 +49,7 @@ OUT=${OUT:-$WORK/out}
 if [ "$TINY" = 1 ]; then
 	LAYERS=${LAYERS:-2} JOBS=${JOBS:-2} BUDGET_S=${BUDGET_S:-1500}
 else
-	LAYERS=${LAYERS:-4} JOBS=${JOBS:-6} BUDGET_S=${BUDGET_S:-570}
+	LAYERS=${LAYERS:-4} JOBS=${JOBS:-8} BUDGET_S=${BUDGET_S:-570}
 fi
 T0=$(date +%s)
 rm -rf "$WORK"
@@ -138,7 +138,7 @@ if [ "$TINY" = 1 ]; then
 else
 	# The reference draws its block noise with the CUDA factor; verification = checker + contract I/O (the
 	# graphs are run for real by gpu_bench and compared with diffusers' outputs).
-	EXP_ARGS+=(--dtype bf16 --cholesky-device cuda --cholesky-source native --verify io)
+	EXP_ARGS+=(--dtype bf16 --cholesky-device cuda --cholesky-source native --verify io --no-share-weights)
 fi
 EXP_RC=99
 if [ $REF_RC -eq 0 ]; then

@@ -1209,7 +1209,7 @@ def run_graphs(args, source: ModelSource, argv: list[str]) -> bool:
     if args.export_only:
         return True
     shared = [k for k in keys if k.startswith("denoiser_stage") and exported[k][1]]
-    if len(shared) > 1:
+    if len(shared) > 1 and not args.no_share_weights:
         share_external_weights(out, shared, SHARED_DENOISER_DATA)
     gen = torch.Generator().manual_seed(args.seed + 1)
     results, graphs = [], {}
@@ -1487,6 +1487,9 @@ def parse_args(argv):
                             help="export up to this many graphs at once, each in its own process (each loads "
                                  "the model; the exporter itself is single-threaded)")
             sp.add_argument("--export-only", action="store_true", help=argparse.SUPPRESS)  # --jobs worker
+            sp.add_argument("--no-share-weights", action="store_true",
+                            help="keep one external data file per denoiser graph instead of one shared file "
+                                 "(saves rewriting and hashing the weights: for throwaway benchmark exports)")
             sp.add_argument("--no-optimize-vae", action="store_true",
                             help="skip the onnxscript optimizer for the VAE graphs (minutes on the unrolled "
                                  "decoder; onnxruntime optimises at session creation)")
