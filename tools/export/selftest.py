@@ -56,8 +56,9 @@ def main(argv=None) -> int:
         prompts = tmp / "prompts.txt"
         prompts.write_text("short: a cat at night\nlong: " + "the village square " * 10 + "\nagain: a cat at night\n")
         common = ["--checkpoint", str(ckpt), "--out", str(out), "--text-seq-len", "16", "--prompts", str(prompts)]
+        # --sigma-dtype f32: helios-tiny's dmd_step graphs take f32 sigmas (a --checkpoint export defaults to f64).
         rc = ex.main(["all", *common, "--height", "64", "--width", "64", "--cholesky-source", "probe",
-                      "--name", "helios-tiny", "--seed", str(args.seed)])
+                      "--name", "helios-tiny", "--seed", str(args.seed), "--sigma-dtype", "f32"])
         if rc != 0:
             failures.append(f"export.py all --checkpoint exited {rc}")
         else:
