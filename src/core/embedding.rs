@@ -173,7 +173,8 @@ pub fn blend(
     Ok(out.insert_axis(Axis(0)))
 }
 
-/// Weights over named prompts of a model's bank. A single prompt is `PromptWeights::one("day")`.
+/// Weights over prompts: names of a model's bank or, for a model with a text encoder, any text
+/// (see [`crate::core::text`]). A single prompt is `PromptWeights::one("day")`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PromptWeights(pub BTreeMap<String, f32>);
 
@@ -200,7 +201,8 @@ impl PromptWeights {
         Ok(total)
     }
 
-    /// Parses `name` or `name=0.7,other=0.3`.
+    /// Parses `name` or `name=0.7,other=0.3`. Commas and `=` separate entries, so free text that
+    /// contains them goes in with [`Self::one`] / [`Self::with`] instead.
     pub fn parse(spec: &str) -> Result<Self, HeliosError> {
         let mut out = Self::default();
         for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
