@@ -286,14 +286,20 @@ def lr_at(base: float, step: int, progress: float, warmup: int = 100) -> float:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def vae_loss(vae, x: torch.Tensor, kl_weight: float):
+def vae_loss(vae, x: torch.Tensor, kl_weight: float, grad_weight: float = 0.0):
     post = vae.encode(x).latent_dist
     z = post.sample()
     rec = vae.decode(z).sample
     l1 = (rec.float() - x).abs().mean()
     mse = (rec.float() - x).pow(2).mean()
     kl = 0.5 * (post.mean.float().pow(2) + post.var.float() - 1.0 - post.logvar.float()).mean()
-    return l1 + mse + kl_weight * kl, l1, kl
+    loss = l1 + mse + kl_weight * kl
+    if grad_weight > 0:
+        r, t = rec.float(), x.float()
+        gx = ((r[..., 1:] - r[..., :-1]) - (t[..., 1:] - t[..., :-1])).abs().mean()
+        gy = ((r[..., 1:, :] - r[..., :-1, :]) - (t[..., 1:, :] - t[..., :-1, :])).abs().mean()
+        loss = loss + grad_weight * (gx + gy)
+    return loss, l1, kl
 
 
 def train_vae(vae, store: ClipStore, args, device, deadline: float, losses: list):
@@ -314,7 +320,7 @@ def train_vae(vae, store: ClipStore, args, device, deadline: float, losses: list
         for g in opt.param_groups:
             g["lr"] = lr_at(args.vae_lr, step, (time.time() - t0) / span, warmup=50)
         with autocast(device):
-            loss, l1, kl = vae_loss(vae, x, args.kl_weight)
+            loss, l1, kl = vae_loss(vae, x, args.kl_weight, args.grad_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -702,6 +708,14 @@ def parse_args(argv):
     p.add_argument("--vae-frames", type=int, default=17, help="segment length (1 + 4k) for VAE training")
     p.add_argument("--vae-lr", type=float, default=1e-3)
     p.add_argument("--kl-weight", type=float, default=1e-4)
+    p.add_argument("--grad-weight", type=float, default=1.0,
+                   help="weight of the L1 loss on image gradients (keeps edges; plain L1 alone blurs)")
+    p.add_argument("--phase", choices=["all", "vae"], default="all",
+                   help="vae: train only the VAE for the whole budget and save it as vae_only.tar")
+    p.add_argument("--vae-from", default=None,
+                   help="vae_only.tar (or a dir with nano_ckpt.tar.part*) of an earlier run: skip VAE training")
+    p.add_argument("--data-s", type=float, default=150.0,
+                   help="with --vae-from: seconds of clip generation before encoding")
     p.add_argument("--encode-batch", type=int, default=64, help="33-frame chunks per encoder batch")
     p.add_argument("--batch", type=int, default=128, help="transformer batch")
     p.add_argument("--lr", type=float, default=4e-4)
@@ -785,6 +799,47 @@ def bench(args):
         log(f"vae decode of one 33-frame chunk (torch, no grad): {time.time() - t:.3f}s")
 
 
+VAE_ONLY = "vae_only.tar"
+
+
+def save_vae_only(out: Path, vae, meta: dict) -> None:
+    """The VAE alone (diffusers `vae/` dir, fp32) as one tar: the input of a later `--vae-from` run."""
+    with tempfile.TemporaryDirectory(prefix="nano-vae-") as tmp:
+        d = Path(tmp) / "vae"
+        vae.save_pretrained(str(d), safe_serialization=True)
+        (d / "nano_meta.json").write_text(json.dumps(meta, indent=1))
+        tmp_tar = out / f"tmp.{VAE_ONLY}"
+        with tarfile.open(tmp_tar, mode="w") as tar:
+            for p in sorted(d.rglob("*")):
+                tar.add(str(p), arcname=str(p.relative_to(d.parent)))
+        os.replace(tmp_tar, out / VAE_ONLY)
+    log(f"saved {VAE_ONLY} ({(out / VAE_ONLY).stat().st_size / 2**20:.1f} MiB)")
+
+
+def load_vae_only(path: Path):
+    from diffusers import AutoencoderKLWan
+
+    with tempfile.TemporaryDirectory(prefix="nano-vae-") as tmp:
+        with tarfile.open(path, mode="r") as tar:
+            tar.extractall(tmp)
+        return AutoencoderKLWan.from_pretrained(str(Path(tmp) / "vae"), torch_dtype=torch.float32)
+
+
+@torch.no_grad()
+def preview_vae(out: Path, vae, frames, caps, device) -> None:
+    from contact_sheet import save_png, sheet
+
+    vae.eval()
+    rows = []
+    for fr, cap in zip(frames, caps):
+        x = to_video(fr.reshape(clips.CHUNKS, clips.CHUNK_FRAMES, HEIGHT, WIDTH, 3), device)
+        with autocast(device):
+            rec = vae.decode(vae.encode(x).latent_dist.mean).sample.float()
+        rec = rec.permute(0, 2, 3, 4, 1).add(1).mul(127.5).clamp(0, 255).round().byte().cpu().numpy()
+        rows += [(fr, "data: " + cap), (rec.reshape(-1, HEIGHT, WIDTH, 3), "vae reconstruction")]
+    save_png(sheet(rows, scale=1, ncols=12), out / "vae_preview.png")
+
+
 def main(argv=None) -> int:
     global LOG_FILE
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -842,9 +897,32 @@ def main(argv=None) -> int:
     if args.smoke:
         batch_consistency_check(transformer, device)
 
-    # 2. VAE (data keeps coming in meanwhile).
-    vae_deadline = T_START + args.vae_frac * budget
-    meta["vae_steps"] = train_vae(vae, store, args, device, vae_deadline, losses["vae"])
+    # 2. VAE (data keeps coming in meanwhile), or the VAE of an earlier `--phase vae` run.
+    if args.phase == "vae":
+        if args.vae_from:  # continue training an earlier run's VAE
+            vae = load_vae_only(Path(args.vae_from)).to(device)
+            meta["vae_from"] = str(args.vae_from)
+            log(f"vae: continuing from {args.vae_from}")
+        meta["vae_steps"] = train_vae(vae, store, args, device, T_START + budget - args.reserve_s, losses["vae"])
+        store.finish()
+        save_vae_only(out, vae, meta)
+        write_losses(out, losses, meta)
+        try:
+            preview_vae(out, vae, store.frames[:3], [c[0] for c in store.captions[:3]], device)
+        except Exception as e:  # noqa: BLE001
+            log(f"preview failed: {type(e).__name__}: {e}")
+        log(f"done in {elapsed():.1f}s: " + ", ".join(sorted(p.name for p in out.iterdir())))
+        return 0
+    if args.vae_from:
+        vae = load_vae_only(Path(args.vae_from)).to(device).eval()
+        meta["vae_from"] = str(args.vae_from)
+        meta["vae_config"] = json.loads(json.dumps(dict(vae.config), default=str))
+        log(f"vae from {args.vae_from} ({n_params(vae) / 1e6:.2f}M params); generating clips for {args.data_s:.0f}s")
+        store.wait_for(args.max_clips, timeout=max(0.0, T_START + args.data_s - time.time()))
+        args.vae_frac = (time.time() - T_START) / budget
+    else:
+        vae_deadline = T_START + args.vae_frac * budget
+        meta["vae_steps"] = train_vae(vae, store, args, device, vae_deadline, losses["vae"])
     store.finish()
     n_clips = len(store)
     meta["clips"] = n_clips
