@@ -9,7 +9,7 @@
 //! `--features inspector`).
 //!
 //! ```sh
-//! cargo run --release --example demo                       # models/helios-tiny on the best provider
+//! cargo run --release --example demo                       # models/helios-nano on the best provider
 //! cargo run --release --example demo -- --pattern          # no ONNX Runtime: synthetic networks
 //! cargo run --example demo -- --frames 120 --screenshot-at 40:out/a.png --screenshot out/b.png
 //! ```

@@ -27,7 +27,8 @@ pub enum VisibilitySource {
 /// Settings of the Helios plugin.
 #[derive(Resource, Clone, Debug)]
 pub struct HeliosSettings {
-    /// The exported model directory. Relative paths are resolved against the working directory, then
+    /// The exported model directory (default `models/helios-nano`, the small trained model; `models/helios-tiny`
+    /// is the random-weight parity model). Relative paths are resolved against the working directory, then
     /// the executable's directory, then this crate's directory ([`resolve_model_dir`]).
     pub model_dir: PathBuf,
     /// Execution providers to try in order (default TensorRT, CUDA, CPU).
@@ -61,7 +62,7 @@ pub struct HeliosSettings {
 impl Default for HeliosSettings {
     fn default() -> Self {
         Self {
-            model_dir: PathBuf::from("models/helios-tiny"),
+            model_dir: PathBuf::from("models/helios-nano"),
             providers: Provider::default_chain(),
             intra_threads: None,
             verify_hashes: true,
