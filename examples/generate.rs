@@ -8,8 +8,9 @@
 //! ```
 //!
 //! Flags (all optional):
-//! - `--model DIR`        exported model directory (default `models/helios-tiny`)
-//! - `--prompt SPEC`      prompt name from the model's bank, or weights `name=w,name=w` (default `day`)
+//! - `--model DIR`        exported model directory (default `models/helios-nano`)
+//! - `--prompt SPEC`      prompt name from the model's bank, free text (models with a text encoder, e.g.
+//!   `"a city at night in the rain"`; commas allowed), or weights `name=w,name=w` (default `day`)
 //! - `--switch-to SPEC`   prompt to change to mid-stream ...
 //! - `--switch-at N`      ... from chunk N on (default 1)
 //! - `--crossfade N`      chunks a prompt change blends over (default 1: immediate)
@@ -56,7 +57,7 @@ struct Args {
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
-        model: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/helios-tiny"),
+        model: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/helios-nano"),
         prompt: "day".into(),
         switch_to: None,
         switch_at: 1,
@@ -123,6 +124,15 @@ fn parse_args() -> Result<Args, String> {
     Ok(a)
 }
 
+/// Weights if the spec looks like `name=w,...`, else one bank name or free text (which may hold commas).
+fn prompt_spec(spec: &str) -> Result<PromptWeights, HeliosError> {
+    if spec.contains('=') {
+        PromptWeights::parse(spec)
+    } else {
+        Ok(PromptWeights::one(spec.trim()))
+    }
+}
+
 fn main() {
     if let Err(e) = run() {
         eprintln!("error: {e}");
@@ -170,7 +180,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     let mut stream = model.new_stream(&StreamConfig {
         seed: args.seed,
-        prompt: PromptWeights::parse(&args.prompt)?,
+        prompt: prompt_spec(&args.prompt)?,
         crossfade_chunks: args.crossfade,
     })?;
     if let Some(path) = &args.image {
@@ -185,7 +195,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         if k == args.switch_at
             && let Some(spec) = &args.switch_to
         {
-            stream.set_prompt(PromptWeights::parse(spec)?);
+            stream.set_prompt(prompt_spec(spec)?);
         }
         let t = Instant::now();
         let chunk = model.next_chunk(&mut stream)?;
