@@ -13,7 +13,7 @@ use bevy_helios::core::manifest::ModelManifest;
 use bevy_helios::core::model::HeliosModel;
 use bevy_helios::core::runtime::device_loop::missing_graphs;
 use bevy_helios::core::runtime::{DeviceLoopMode, RuntimeConfig};
-use bevy_helios::core::sampler::noise::{DrawKind, InjectedNoise, SeededNoise};
+use bevy_helios::core::sampler::noise::SeededNoise;
 use bevy_helios::core::sampler::{Denoiser, SamplerObserver, SamplerOptions};
 use bevy_helios::prelude::*;
 use common::{load_fixture, max_abs_diff};
@@ -176,19 +176,7 @@ fn device_loop_matches_the_diffusers_fixture() -> TestResult {
     let fixture = load_fixture(&common::root().join("tests/fixtures/helios-tiny/t2v.safetensors"))?;
     let dir = device_model("fixture")?;
     let mut model = HeliosModel::load(&dir, &config(DeviceLoopMode::On))?;
-    let mut noise = InjectedNoise::default();
-    for k in 0..3 {
-        noise.push(
-            DrawKind::LatentNoise,
-            fixture[&format!("chunk{k}.draw.latent_noise")].to_f32(),
-        );
-        for s in 1..3 {
-            noise.push(
-                DrawKind::BlockNoise { stage: s },
-                fixture[&format!("chunk{k}.draw.block_noise_stage{s}")].to_f32(),
-            );
-        }
-    }
+    let mut noise = common::fixture_noise(&fixture, 3);
     let mut state = model.new_stream(&StreamConfig::new(PromptWeights::one("day"), 42))?;
     let mut observer = ResultObserver {
         fixture: &fixture,

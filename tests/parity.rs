@@ -155,19 +155,7 @@ fn t2v_three_chunks_match_diffusers() -> Result<(), Box<dyn std::error::Error>> 
         "bank entry `day` should equal the fixture's prompt_embeds"
     );
 
-    let mut noise = InjectedNoise::default();
-    for k in 0..3 {
-        noise.push(
-            DrawKind::LatentNoise,
-            fixture[&format!("chunk{k}.draw.latent_noise")].to_f32(),
-        );
-        for s in 1..3 {
-            noise.push(
-                DrawKind::BlockNoise { stage: s },
-                fixture[&format!("chunk{k}.draw.block_noise_stage{s}")].to_f32(),
-            );
-        }
-    }
+    let mut noise = common::fixture_noise(&fixture, 3);
 
     let mut state = model.new_stream(&StreamConfig::new(PromptWeights::one("day"), 42))?;
     let mut observer = ParityObserver {

@@ -27,6 +27,29 @@ impl FixtureTensor {
     }
 }
 
+/// The recorded draws of chunks `0..chunks` of a diffusers fixture (`chunk{k}.draw.*`), in the order the
+/// sampler consumes them: latent noise, then block noise of stages 1 and 2.
+pub fn fixture_noise(
+    fixture: &BTreeMap<String, FixtureTensor>,
+    chunks: u64,
+) -> bevy_helios::core::sampler::noise::InjectedNoise {
+    use bevy_helios::core::sampler::noise::{DrawKind, InjectedNoise};
+    let mut noise = InjectedNoise::default();
+    for k in 0..chunks {
+        noise.push(
+            DrawKind::LatentNoise,
+            fixture[&format!("chunk{k}.draw.latent_noise")].to_f32(),
+        );
+        for s in 1..3 {
+            noise.push(
+                DrawKind::BlockNoise { stage: s },
+                fixture[&format!("chunk{k}.draw.block_noise_stage{s}")].to_f32(),
+            );
+        }
+    }
+    noise
+}
+
 /// Loads every tensor of a safetensors fixture (F32, F64, I64, U8).
 pub fn load_fixture(
     path: &Path,
