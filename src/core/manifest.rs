@@ -186,8 +186,26 @@ pub struct ModelManifest {
     /// Text encoder for free-text prompts; `None` (absent from the file) limits prompts to the bank.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text_encoder: Option<TextEncoderSpec>,
+    /// Weights several graphs share (the fused GPU export's denoiser stages); `None` (absent from the file)
+    /// when every graph carries its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_weights: Option<SharedWeightsSpec>,
     /// Graphs by key (`denoiser_stage0`, `vae_decoder`, ...).
     pub graphs: BTreeMap<String, GraphSpec>,
+}
+
+/// One safetensors file whose tensors are initializers (by name) of several graphs, which also refer to its
+/// bytes as ONNX external data. GPU providers load it once and give it to each of those graphs' sessions,
+/// so the 14B model's 28.6 GB of weights are in device memory once, not once per pyramid stage.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedWeightsSpec {
+    /// safetensors file inside the model directory.
+    pub file: String,
+    /// SHA-256 of the file (checked on load when `verify_hashes` is on and the file is at most 1 GiB).
+    pub sha256: String,
+    /// Keys of the graphs that share it.
+    pub graphs: Vec<String>,
 }
 
 /// Graph keys every model must have.
@@ -336,6 +354,16 @@ impl ModelManifest {
                 return Err(format!("graph `{key}` is missing"));
             }
         }
+        if let Some(w) = &self.shared_weights {
+            if w.file.is_empty() || w.graphs.is_empty() {
+                return Err("shared_weights needs a `file` and at least one graph".into());
+            }
+            if let Some(key) = w.graphs.iter().find(|k| !self.graphs.contains_key(*k)) {
+                return Err(format!(
+                    "shared_weights names graph `{key}`, which is missing"
+                ));
+            }
+        }
         for stage in 0..s.stages {
             let key = Self::denoiser_key(stage);
             let Some(g) = self.graphs.get(&key) else {
@@ -451,6 +479,7 @@ pub(crate) mod tests {
                 dim: 32,
             },
             text_encoder: None,
+            shared_weights: None,
             graphs,
         }
     }
@@ -531,6 +560,27 @@ pub(crate) mod tests {
         assert!(text.contains("text_encoder: Some(("), "{text}");
         let back: ModelManifest = ron::from_str(&text).unwrap();
         assert_eq!(back, m, "text_encoder should survive a RON round trip");
+    }
+
+    #[test]
+    fn shared_weights_are_optional_roundtrip_and_name_known_graphs() {
+        let mut m = tiny();
+        assert!(!ron::to_string(&m).unwrap().contains("shared_weights"));
+        m.shared_weights = Some(SharedWeightsSpec {
+            file: "denoiser_weights.safetensors".into(),
+            sha256: String::new(),
+            graphs: vec!["denoiser_stage0".into(), "denoiser_stage2".into()],
+        });
+        m.validate().expect("graphs that exist may share weights");
+        let back: ModelManifest = ron::from_str(&ron::to_string(&m).unwrap()).unwrap();
+        assert_eq!(back, m, "shared_weights should survive a RON round trip");
+        m.shared_weights
+            .as_mut()
+            .unwrap()
+            .graphs
+            .push("denoiser_stage9".into());
+        let err = m.validate().unwrap_err();
+        assert!(err.contains("denoiser_stage9"), "{err}");
     }
 
     #[test]

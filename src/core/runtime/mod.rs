@@ -1,13 +1,16 @@
 //! ONNX Runtime through `ort`: finding the library ([`dylib`]), the provider chain ([`provider`]), the
 //! model's sessions ([`session`]), device memory and IoBinding ([`binding`]), the device-resident chunk
-//! loop ([`device_loop`]) and building TensorRT engines ahead of time ([`prepare`]).
+//! loop ([`device_loop`]), the fused `com.helios` operators of the GPU export ([`kernels`]) and building
+//! TensorRT engines ahead of time ([`prepare`]).
 
 pub mod binding;
 pub mod device_loop;
 pub mod dylib;
+pub mod kernels;
 pub mod prepare;
 pub mod provider;
 pub mod session;
+mod weights;
 
 use std::sync::OnceLock;
 
@@ -33,6 +36,7 @@ pub fn environment() -> Result<ort::environment::Environment, HeliosError> {
                 .map_err(|e| format!("loading {} failed: {e}", lib.path.display()))?
                 .with_name("bevy_helios")
                 .with_telemetry(false)
+                .with_logger(std::sync::Arc::new(forward_ort_log))
                 .build()
                 .map_err(|e| format!("creating the ONNX Runtime environment failed: {e}"))?;
             tracing::info!(
@@ -45,6 +49,31 @@ pub fn environment() -> Result<ort::environment::Environment, HeliosError> {
         .as_ref()
         .map(|(env, _)| env.clone())
         .map_err(|e| HeliosError::RuntimeUnavailable(e.clone()))
+}
+
+/// Forwards ONNX Runtime's log to `tracing` under the target `onnxruntime`, one level lower than ONNX
+/// Runtime's own for its chatty levels: its INFO lines (arena growth, node placement) become `debug` so a
+/// game's default log filter shows only warnings and errors. `RUST_LOG=onnxruntime=debug` brings them back.
+fn forward_ort_log(
+    level: ort::logging::LogLevel,
+    category: &str,
+    _id: &str,
+    location: &str,
+    message: &str,
+) {
+    use ort::logging::LogLevel;
+    match level {
+        LogLevel::Verbose => {
+            tracing::trace!(target: "onnxruntime", "[{category}] {message} ({location})")
+        }
+        LogLevel::Info => {
+            tracing::debug!(target: "onnxruntime", "[{category}] {message} ({location})")
+        }
+        LogLevel::Warning => tracing::warn!(target: "onnxruntime", "[{category}] {message}"),
+        LogLevel::Error | LogLevel::Fatal => {
+            tracing::error!(target: "onnxruntime", "[{category}] {message} ({location})")
+        }
+    }
 }
 
 /// Where the ONNX Runtime library in use came from (after [`environment`] succeeded).

@@ -195,16 +195,18 @@ pub fn prepare(
         });
         let start = Instant::now();
         let path = dir.join(&spec.file);
-        build_session(&path, key, &provider, config).map_err(|(provider_fault, reason)| {
-            if provider_fault {
-                unavailable(reason)
-            } else {
-                HeliosError::ModelCorrupt {
-                    path: path.clone(),
-                    reason,
+        build_session(&path, key, &provider, config, None).map_err(
+            |(provider_fault, reason)| {
+                if provider_fault {
+                    unavailable(reason)
+                } else {
+                    HeliosError::ModelCorrupt {
+                        path: path.clone(),
+                        reason,
+                    }
                 }
-            }
-        })?;
+            },
+        )?;
         let seconds = start.elapsed().as_secs_f64();
         progress(PrepareProgress::Finished {
             index,

@@ -17,6 +17,7 @@ use super::device_loop::{DeviceLoop, DeviceLoopStats, missing_graphs};
 use super::environment;
 use super::prepare::engines_not_ready;
 use super::provider::{GraphOptions, Provider, ProviderReport};
+use super::weights::SharedWeights;
 use crate::core::manifest::{GraphSpec, ModelManifest};
 use crate::core::sampler::history::HistoryRing;
 use crate::core::sampler::noise::NoiseSource;
@@ -293,7 +294,8 @@ pub(crate) fn check_file(path: &Path, sha256: &str, verify: bool) -> Result<(), 
     Ok(())
 }
 
-/// Creates the session of graph `key` on `provider` with that graph's options from `config`.
+/// Creates the session of graph `key` on `provider` with that graph's options from `config`, with the
+/// `shared` weights as initializers when given.
 ///
 /// Errors are `(true, ..)` when the provider itself failed and `(false, ..)` when the model failed on a
 /// working provider.
@@ -302,6 +304,7 @@ pub(crate) fn build_session(
     key: &str,
     provider: &Provider,
     config: &RuntimeConfig,
+    shared: Option<&SharedWeights>,
 ) -> Result<Session, (bool, String)> {
     let env = environment().map_err(|e| (true, e.to_string()))?;
     let mut builder = Session::builder(&env).map_err(|e| (true, e.to_string()))?;
@@ -324,6 +327,11 @@ pub(crate) fn build_session(
             .with_profiling(PathBuf::from(file))
             .map_err(|e| (false, e.to_string()))?;
     }
+    // Every session knows the fused operators; graphs without them are unaffected.
+    let operators = super::kernels::domain(provider).map_err(|e| (false, e.to_string()))?;
+    builder = builder
+        .with_operators(operators)
+        .map_err(|e| (false, e.to_string()))?;
     let (tf32, cuda_graph) = config.graph_choice(provider, key);
     let dispatch = provider.dispatch(tf32, cuda_graph);
     if !dispatch.is_empty() {
@@ -339,6 +347,9 @@ pub(crate) fn build_session(
             "graph `{key}` on {}: TF32 {tf32}, CUDA graph {cuda_graph}",
             provider.name()
         );
+    }
+    if let Some(weights) = shared {
+        builder = weights.apply(builder).map_err(|e| (false, e))?;
     }
     builder.commit_from_file(path).map_err(|e| {
         let msg = e.to_string();
@@ -360,6 +371,8 @@ pub struct OrtModel {
     report: ProviderReport,
     device_loop: Option<DeviceLoop>,
     device_loop_note: String,
+    /// Declared last: the sessions above use these tensors, so they must be dropped first.
+    shared_weights: Option<SharedWeights>,
 }
 
 impl OrtModel {
@@ -372,18 +385,24 @@ impl OrtModel {
         if config.providers.is_empty() {
             return Err(HeliosError::NoProvider("the provider list is empty".into()));
         }
-        for (key, g) in &manifest.graphs {
-            check_file(&dir.join(&g.file), &g.sha256, config.verify_hashes).map_err(
-                |e| match e {
-                    HeliosError::ModelMissing { path, source } => {
-                        HeliosError::ModelMissing { path, source }
-                    }
-                    other => {
-                        tracing::error!("graph `{key}`: {other}");
-                        other
-                    }
-                },
-            )?;
+        let shared_file = manifest
+            .shared_weights
+            .iter()
+            .map(|w| (w.file.as_str(), w.sha256.as_str()));
+        let graph_files = manifest
+            .graphs
+            .values()
+            .map(|g| (g.file.as_str(), g.sha256.as_str()));
+        for (file, sha256) in graph_files.chain(shared_file) {
+            check_file(&dir.join(file), sha256, config.verify_hashes).map_err(|e| match e {
+                HeliosError::ModelMissing { path, source } => {
+                    HeliosError::ModelMissing { path, source }
+                }
+                other => {
+                    tracing::error!("model file `{file}`: {other}");
+                    other
+                }
+            })?;
         }
         let mut skipped = Vec::new();
         for provider in &config.providers {
@@ -433,6 +452,19 @@ impl OrtModel {
         provider: &Provider,
         config: &RuntimeConfig,
     ) -> Result<Self, LoadFailure> {
+        // GPU providers load weights that several graphs share once (CPU sessions read the external data).
+        let shared_weights = match &manifest.shared_weights {
+            Some(w) if provider.is_gpu() => Some(
+                SharedWeights::load(&dir.join(&w.file), provider).map_err(|e| match e {
+                    HeliosError::RuntimeUnavailable(_)
+                    | HeliosError::ProviderUnavailable { .. } => {
+                        LoadFailure::Provider(e.to_string())
+                    }
+                    other => LoadFailure::Model(other),
+                })?,
+            ),
+            _ => None,
+        };
         let open = |key: &str| -> Result<GraphSession, LoadFailure> {
             let spec = manifest.graphs.get(key).cloned().ok_or_else(|| {
                 LoadFailure::Model(HeliosError::ManifestInvalid {
@@ -441,7 +473,13 @@ impl OrtModel {
                 })
             })?;
             let path = dir.join(&spec.file);
-            let session = build_session(&path, key, provider, config).map_err(
+            let shared = shared_weights.as_ref().filter(|_| {
+                manifest
+                    .shared_weights
+                    .as_ref()
+                    .is_some_and(|w| w.graphs.iter().any(|g| g == key))
+            });
+            let session = build_session(&path, key, provider, config, shared).map_err(
                 |(provider_fault, reason)| {
                     if provider_fault {
                         LoadFailure::Provider(reason)
@@ -525,6 +563,7 @@ impl OrtModel {
             },
             device_loop,
             device_loop_note,
+            shared_weights,
         })
     }
 
@@ -571,6 +610,12 @@ impl OrtModel {
         Ok(files)
     }
 
+    /// Bytes of device memory held once for the weights the denoiser stages share (`None` when the model has
+    /// no shared weights or runs on the CPU provider, where each session reads them itself).
+    pub fn shared_weight_bytes(&self) -> Option<u64> {
+        self.shared_weights.as_ref().map(SharedWeights::bytes)
+    }
+
     /// Which provider runs the model and what was skipped.
     pub fn provider(&self) -> &ProviderReport {
         &self.report
@@ -591,7 +636,7 @@ impl OrtModel {
                 }
             })?;
             let path = self.dir.join(&spec.file);
-            let session = build_session(&path, key, &Provider::Cpu, &RuntimeConfig::cpu())
+            let session = build_session(&path, key, &Provider::Cpu, &RuntimeConfig::cpu(), None)
                 .map_err(|(_, reason)| HeliosError::ModelCorrupt {
                     path: path.clone(),
                     reason,
