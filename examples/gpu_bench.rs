@@ -449,6 +449,7 @@ fn main() -> Result<(), Error> {
     let manifest = model.manifest().clone();
     let report = model.provider().clone();
     let note = model.networks_mut().device_loop_note().to_string();
+    let shared_weight_bytes = model.networks_mut().shared_weight_bytes();
     println!(
         "model `{}` {}x{} on {report}; {note}; sessions created in {session_create_ms:.0} ms",
         manifest.name, manifest.width, manifest.height
@@ -693,6 +694,10 @@ fn main() -> Result<(), Error> {
         ),
         ("injected_noise", Json::Bool(inject.is_some())),
         ("session_create_ms", num(session_create_ms)),
+        (
+            "shared_weight_bytes",
+            shared_weight_bytes.map_or(Json::Null, |b| num(b as f64)),
+        ),
         ("warmup_chunks", num(args.warmup as f64)),
         ("frames_per_chunk", num(frames_per_chunk)),
         (

@@ -109,21 +109,31 @@ def summarize_file(path: Path, ffn_dim: int) -> dict:
     for r in runs:
         lo, hi = r["ts"], r["ts"] + r["dur"]
         mine = [n for n in nodes if lo <= n["ts"] <= hi]
-        cats, blocks_us = defaultdict(float), 0.0
+        cats, blocks_us, ops, cpu_ops = defaultdict(float), 0.0, defaultdict(float), defaultdict(int)
         for n in mine:
             op = n["args"].get("op_name", "?")
             cats["copies" if op in COPY else category(op, n["args"], ffn_dim)] += n["dur"]
+            ops[op] += n["dur"]
+            if n["args"].get("provider") == "CPUExecutionProvider":
+                cpu_ops[op] += 1
             if n["name"].startswith("blocks."):
                 blocks_us += n["dur"]
         per_run.append({"run_us": r["dur"], "nodes_us": sum(n["dur"] for n in mine), "cats": cats,
-                        "blocks_us": blocks_us, "providers": sorted({n["args"].get("provider", "?") for n in mine})})
+                        "blocks_us": blocks_us, "providers": sorted({n["args"].get("provider", "?") for n in mine}),
+                        "ops": ops, "cpu_ops": cpu_ops})
     used = per_run[1:] if len(per_run) > 1 else per_run  # drop the warm-up run
     avg = lambda f: statistics.mean(f(r) for r in used) if used else 0.0  # noqa: E731
     cats = defaultdict(float)
     for r in used:
         for c, v in r["cats"].items():
             cats[c] += v / len(used)
+    ops = defaultdict(float)
+    for r in used:
+        for o, v in r["ops"].items():
+            ops[o] += v / len(used) / 1e3
+    cpu_ops = dict(used[-1]["cpu_ops"]) if used else {}
     return {"file": path.name, "key": key, "runs": len(per_run), "runs_used": len(used),
+            "op_ms": dict(sorted(ops.items(), key=lambda kv: -kv[1])), "cpu_ops": cpu_ops,
             "run_ms": avg(lambda r: r["run_us"]) / 1e3, "nodes_ms": avg(lambda r: r["nodes_us"]) / 1e3,
             "blocks_ms": avg(lambda r: r["blocks_us"]) / 1e3, "cats_ms": {c: v / 1e3 for c, v in cats.items()},
             "providers": sorted({p for r in per_run for p in r["providers"]})}
@@ -175,6 +185,13 @@ def markdown(res: dict, files: list[dict]) -> str:
     for f in sorted(files, key=lambda f: f["key"]):
         lines.append(f"| {f['key']} | {f['runs']} ({f['runs_used']}) | {f['run_ms']:.2f} | {f['nodes_ms']:.2f} | "
                      f"{f['blocks_ms']:.2f} | {', '.join(p.replace('ExecutionProvider', '') for p in f['providers'])} |")
+    lines += ["", "Top node types per graph (ms per run), and nodes the CPU provider ran:", ""]
+    for f in sorted(files, key=lambda f: f["key"]):
+        if not f.get("op_ms"):
+            continue
+        top = ", ".join(f"{o} {v:.2f}" for o, v in list(f["op_ms"].items())[:8])
+        cpu = ", ".join(f"{o} ×{c}" for o, c in sorted(f.get("cpu_ops", {}).items())) or "none"
+        lines.append(f"- `{f['key']}`: {top}; on the CPU: {cpu}")
     return "\n".join(lines) + "\n"
 
 
