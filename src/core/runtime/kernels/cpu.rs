@@ -204,6 +204,49 @@ pub(crate) fn bias_gelu_tanh<T: Elem>(x: &[T], d: usize, bias: Option<&[T]>, y: 
     }
 }
 
+/// `ChannelRmsNorm` of `x` laid out `[B, channels, positions]`.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one argument per operator input and attribute"
+)]
+pub(crate) fn channel_rms_norm<T: Elem>(
+    x: &[T],
+    channels: usize,
+    positions: usize,
+    gamma: &[T],
+    bias: Option<&[T]>,
+    scale: f32,
+    eps: f32,
+    silu: bool,
+    y: &mut [T],
+) {
+    let plane = channels * positions;
+    for (xb, yb) in x.chunks_exact(plane).zip(y.chunks_exact_mut(plane)) {
+        for s in 0..positions {
+            let n = (0..channels)
+                .map(|c| {
+                    let v = xb[c * positions + s].f();
+                    v * v
+                })
+                .sum::<f32>()
+                .sqrt();
+            let den = n.max(eps);
+            for c in 0..channels {
+                let mut t = T::rf(xb[c * positions + s].f() / den);
+                t = T::rf(t * scale);
+                t = T::rf(t * gamma[c].f());
+                if let Some(b) = bias {
+                    t = T::rf(t + b[c].f());
+                }
+                if silu {
+                    t /= 1.0 + (-t).exp();
+                }
+                yb[c * positions + s] = T::r(t);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,6 +356,21 @@ mod tests {
         let mut t = vec![0.0f32; 4];
         tail_residual(&x, &a[2..], d, None, &mut t);
         assert_eq!(t, vec![1.0, 2.0, 33.0, 44.0]);
+    }
+
+    #[test]
+    fn channel_norm_normalises_over_channels_per_position() {
+        // [1, 2 channels, 2 positions]: position 0 = (3, 4), position 1 = (0, 0) (eps keeps it finite).
+        let x = [3.0f32, 0.0, 4.0, 0.0];
+        let gamma = [1.0f32, 2.0];
+        let mut y = [0.0f32; 4];
+        channel_rms_norm(&x, 2, 2, &gamma, None, 2.0, 1e-12, false, &mut y);
+        assert_eq!(y, [3.0 / 5.0 * 2.0, 0.0, 4.0 / 5.0 * 2.0 * 2.0, 0.0]);
+        let mut z = [0.0f32; 4];
+        channel_rms_norm(&x, 2, 2, &gamma, None, 2.0, 1e-12, true, &mut z);
+        for (a, b) in z.iter().zip(y) {
+            assert_eq!(*a, b / (1.0 + (-b).exp()), "silu follows the norm");
+        }
     }
 
     #[test]

@@ -254,5 +254,16 @@ mod tests {
                 }
             }
         }
+        for entry in [
+            "channel_rms_norm_f32_v1",
+            "channel_rms_norm_f32_v4",
+            "channel_rms_norm_bf16_v1",
+            "channel_rms_norm_bf16_v4",
+        ] {
+            assert!(
+                PTX.contains(&format!(".entry {entry}(")),
+                "helios_ops.ptx lacks {entry}"
+            );
+        }
     }
 }

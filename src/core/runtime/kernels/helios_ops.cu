@@ -272,6 +272,75 @@ __device__ void bias_gelu_tanh(const T* x, const T* bias, T* y, i64 n, int D) {
     }
 }
 
+// ChannelRmsNorm over X [B, C, S]: one thread per VEC consecutive positions (VEC = 1 or 4), looping over
+// the C channels (stride S). The second pass re-reads X, mostly from L2.
+template <typename T, int VEC>
+__device__ void channel_rms_norm(const T* x, const T* gamma, const T* bias, T* y, i64 positions, int C, i64 S,
+                                 float scale, float eps, int silu) {
+    const i64 p = ((i64)blockIdx.x * blockDim.x + threadIdx.x) * VEC;
+    if (p >= positions) return;
+    const i64 b = p / S, s = p - b * S;
+    const T* xb = x + b * C * S + s;
+    T* yb = y + b * C * S + s;
+    float acc[VEC], v[VEC], den[VEC];
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) acc[k] = 0.0f;
+    for (int c = 0; c < C; ++c) {
+        load<T, VEC>(xb, (i64)c * S, v);
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) acc[k] += v[k] * v[k];
+    }
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) den[k] = fmaxf(sqrtf(acc[k]), eps);
+    for (int c = 0; c < C; ++c) {
+        load<T, VEC>(xb, (i64)c * S, v);
+        const float g = Io<T>::ld(gamma, c);
+        const float bc = bias ? Io<T>::ld(bias, c) : 0.0f;
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) {
+            float t = Io<T>::rnd(v[k] / den[k]);
+            t = Io<T>::rnd(t * scale);
+            t = Io<T>::rnd(t * g);
+            if (bias) t = Io<T>::rnd(t + bc);
+            if (silu) t = t / (1.0f + expf(-t));
+            v[k] = t;
+        }
+        store<T, VEC>(yb, (i64)c * S, v);
+    }
+}
+
+// 4-wide access for ChannelRmsNorm (S % 4 == 0): 16 bytes of f32, 8 of bf16.
+template <> __device__ __forceinline__ void load<float, 4>(const float* p, i64 i, float* v) {
+    float4 a = *reinterpret_cast<const float4*>(p + i);
+    v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+}
+template <> __device__ __forceinline__ void store<float, 4>(float* p, i64 i, const float* v) {
+    *reinterpret_cast<float4*>(p + i) = make_float4(v[0], v[1], v[2], v[3]);
+}
+template <> __device__ __forceinline__ void load<bf16_t, 4>(const bf16_t* p, i64 i, float* v) {
+    uint2 r = *reinterpret_cast<const uint2*>(p + i);
+    v[0] = __uint_as_float(r.x << 16); v[1] = __uint_as_float(r.x & 0xffff0000u);
+    v[2] = __uint_as_float(r.y << 16); v[3] = __uint_as_float(r.y & 0xffff0000u);
+}
+template <> __device__ __forceinline__ void store<bf16_t, 4>(bf16_t* p, i64 i, const float* v) {
+    uint2 r;
+    r.x = (unsigned)f2bf(v[0]) | ((unsigned)f2bf(v[1]) << 16);
+    r.y = (unsigned)f2bf(v[2]) | ((unsigned)f2bf(v[3]) << 16);
+    *reinterpret_cast<uint2*>(p + i) = r;
+}
+
+#define HELIOS_CHANNEL_ENTRIES(T, TN, VEC)                                                                           \
+    extern "C" __global__ void channel_rms_norm_##TN##_v##VEC(const T* x, const T* gamma, const T* bias, T* y,     \
+                                                              i64 positions, int C, i64 S, float scale, float eps,  \
+                                                              int silu) {                                           \
+        channel_rms_norm<T, VEC>(x, gamma, bias, y, positions, C, S, scale, eps, silu);                             \
+    }
+
+HELIOS_CHANNEL_ENTRIES(float, f32, 1)
+HELIOS_CHANNEL_ENTRIES(float, f32, 4)
+HELIOS_CHANNEL_ENTRIES(bf16_t, bf16, 1)
+HELIOS_CHANNEL_ENTRIES(bf16_t, bf16, 4)
+
 // Entry points: <op>_<f32|bf16>_<v1|v8>.
 #define HELIOS_ENTRIES(T, TN, VEC)                                                                                   \
     extern "C" __global__ void modulated_layer_norm_##TN##_v##VEC(                                                  \

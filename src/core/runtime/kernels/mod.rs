@@ -29,14 +29,16 @@ enum OpKind {
     GatedResidual,
     TailResidual,
     BiasGeluTanh,
+    ChannelRmsNorm,
 }
 
-const OPS: [OpKind; 5] = [
+const OPS: [OpKind; 6] = [
     OpKind::ModulatedLayerNorm,
     OpKind::BiasRmsNormRope,
     OpKind::GatedResidual,
     OpKind::TailResidual,
     OpKind::BiasGeluTanh,
+    OpKind::ChannelRmsNorm,
 ];
 
 impl OpKind {
@@ -47,6 +49,7 @@ impl OpKind {
             OpKind::GatedResidual => "GatedResidual",
             OpKind::TailResidual => "TailResidual",
             OpKind::BiasGeluTanh => "BiasGeluTanh",
+            OpKind::ChannelRmsNorm => "ChannelRmsNorm",
         }
     }
 
@@ -75,18 +78,23 @@ impl OpKind {
             ],
             OpKind::TailResidual => vec![I::required(t), I::required(t), I::optional(t)],
             OpKind::BiasGeluTanh => vec![I::required(t), I::optional(t)],
+            OpKind::ChannelRmsNorm => vec![I::required(t), I::required(t), I::optional(t)],
         }
     }
 
-    /// CUDA entry point for a storage type and access width.
-    fn entry(self, bf: bool, v8: bool) -> &'static str {
+    /// CUDA entry point for a storage type and access width (`wide`: 8 values a thread, 4 for
+    /// `ChannelRmsNorm`).
+    fn entry(self, bf: bool, wide: bool) -> &'static str {
         macro_rules! pick {
             ($base:literal) => {
-                match (bf, v8) {
+                pick!($base, "_v8")
+            };
+            ($base:literal, $wide:literal) => {
+                match (bf, wide) {
                     (false, false) => concat!($base, "_f32_v1"),
-                    (false, true) => concat!($base, "_f32_v8"),
+                    (false, true) => concat!($base, "_f32", $wide),
                     (true, false) => concat!($base, "_bf16_v1"),
-                    (true, true) => concat!($base, "_bf16_v8"),
+                    (true, true) => concat!($base, "_bf16", $wide),
                 }
             };
         }
@@ -96,6 +104,15 @@ impl OpKind {
             OpKind::GatedResidual => pick!("gated_residual"),
             OpKind::TailResidual => pick!("tail_residual"),
             OpKind::BiasGeluTanh => pick!("bias_gelu_tanh"),
+            OpKind::ChannelRmsNorm => pick!("channel_rms_norm", "_v4"),
+        }
+    }
+
+    /// Values one thread accesses at once in the wide variant.
+    fn width(self) -> usize {
+        match self {
+            OpKind::ChannelRmsNorm => 4,
+            _ => 8,
         }
     }
 }
@@ -111,6 +128,8 @@ enum Place {
 #[derive(Clone, Copy, Debug)]
 struct Attrs {
     eps: f32,
+    scale_value: f32,
+    silu: bool,
     row_begin: i64,
     split: i64,
     shift: i64,
@@ -120,13 +139,26 @@ struct Attrs {
 }
 
 impl Attrs {
-    fn read(info: &KernelContext<'_>) -> Self {
+    fn read(kind: OpKind, info: &KernelContext<'_>) -> Self {
+        let default_eps = if kind == OpKind::ChannelRmsNorm {
+            1e-12
+        } else {
+            1e-6
+        };
+        // `scale` is a float for ChannelRmsNorm and a row index for ModulatedLayerNorm.
+        let (scale, scale_value) = if kind == OpKind::ChannelRmsNorm {
+            (-1, info.get::<f32>("scale").unwrap_or(1.0))
+        } else {
+            (info.get::<i64>("scale").unwrap_or(-1), 1.0)
+        };
         Self {
-            eps: info.get::<f32>("epsilon").unwrap_or(1e-6),
+            eps: info.get::<f32>("epsilon").unwrap_or(default_eps),
+            scale_value,
+            silu: info.get::<i64>("silu").unwrap_or(0) != 0,
             row_begin: info.get::<i64>("row_begin").unwrap_or(0),
             split: info.get::<i64>("split").unwrap_or(0),
             shift: info.get::<i64>("shift").unwrap_or(-1),
-            scale: info.get::<i64>("scale").unwrap_or(-1),
+            scale,
             gate: info.get::<i64>("gate").unwrap_or(-1),
             head_dim: info.get::<i64>("head_dim").unwrap_or(0),
         }
@@ -171,7 +203,7 @@ impl Operator for FusedOp {
             self.place,
             self.elem == TensorElementType::Bfloat16,
         );
-        let attrs = Attrs::read(info);
+        let attrs = Attrs::read(self.kind, info);
         Ok(Box::new(move |ctx: &ComputeContext| {
             compute(kind, place, bf, &attrs, ctx)
                 .map_err(|e| ort::Error::new(format!("{DOMAIN}::{}: {e}", kind.name())))
@@ -231,6 +263,9 @@ fn input<'a>(ctx: &'a ComputeContext, idx: usize) -> Result<Option<Input<'a>>, S
 struct Plan {
     /// Width of a row (last dimension of the main input).
     d: usize,
+    /// `ChannelRmsNorm`: channels and positions per batch item (the dimensions after the channels).
+    channels: usize,
+    positions: usize,
     /// Rows of the main input.
     rows: usize,
     /// Output shape.
@@ -349,10 +384,28 @@ fn plan(kind: OpKind, a: &Attrs, ins: &[Option<Input<'_>>]) -> Result<Plan, Stri
             vector(2, "Bias")?;
         }
         OpKind::BiasGeluTanh => vector(1, "Bias")?,
+        OpKind::ChannelRmsNorm => {
+            want(x.shape.len() >= 2, || {
+                format!("X is {:?}, expected [B, C, ...]", x.shape)
+            })?;
+            let channels = x.shape[1];
+            for (i, what) in [(1, "Gamma"), (2, "Bias")] {
+                if let Some(v) = &ins[i] {
+                    want(v.len() == channels, || {
+                        format!("{what} has {} values for {channels} channels", v.len())
+                    })?;
+                }
+            }
+            want(ins[1].is_some(), || "input 1 (Gamma) is required".into())?;
+        }
     }
     want(a.split >= 0, || format!("split {} is negative", a.split))?;
+    let channels = if x.shape.len() >= 2 { x.shape[1] } else { 1 };
+    let positions = x.shape.iter().skip(2).product();
     Ok(Plan {
         d,
+        channels,
+        positions,
         rows,
         out_shape,
         groups,
@@ -457,6 +510,17 @@ fn run_cpu<T: cpu::Elem + ort::value::PrimitiveTensorElementType + std::fmt::Deb
             y,
         ),
         OpKind::BiasGeluTanh => cpu::bias_gelu_tanh(x, p.d, host::<T>(ins, 1)?, y),
+        OpKind::ChannelRmsNorm => cpu::channel_rms_norm(
+            x,
+            p.channels,
+            p.positions,
+            host::<T>(ins, 1)?.ok_or("input 1 is required")?,
+            host::<T>(ins, 2)?,
+            a.scale_value,
+            a.eps,
+            a.silu,
+            y,
+        ),
     }
     Ok(())
 }
@@ -501,11 +565,18 @@ fn run_cuda(
         .map_err(|e| e.to_string())?
         .ok_or("the CUDA provider gave no compute stream")?
         .as_ptr();
-    // 16-byte vector access needs whole vectors per row and aligned addresses.
+    // Wide access needs whole vectors per row (per batch item for ChannelRmsNorm) and aligned addresses.
+    let wide_width = kind.width();
+    let run = if kind == OpKind::ChannelRmsNorm {
+        p.positions
+    } else {
+        p.d
+    };
     let mut addresses = (0..ins.len()).map(ptr).chain([y]);
-    let v8 = !scalar_only() && p.d.is_multiple_of(8) && addresses.all(|addr| addr % 16 == 0);
-    let width = if v8 { 8 } else { 1 };
-    let name = kind.entry(bf, v8);
+    let wide =
+        !scalar_only() && run.is_multiple_of(wide_width) && addresses.all(|addr| addr % 16 == 0);
+    let width = if wide { wide_width } else { 1 };
+    let name = kind.entry(bf, wide);
     let int = |v: usize| -> Result<i32, String> {
         i32::try_from(v).map_err(|_| format!("{v} does not fit the kernel's int argument"))
     };
@@ -596,6 +667,29 @@ fn run_cuda(
                     Arg::Ptr(y),
                     Arg::I64(out_len as i64),
                     Arg::I32(d),
+                ],
+            )
+        }
+        OpKind::ChannelRmsNorm => {
+            // One thread per `width` positions: the grid covers batch x positions exactly.
+            let positions = out_len / p.channels.max(1);
+            let threads = positions.div_ceil(width);
+            let grid = u32::try_from(threads.div_ceil(256))
+                .map_err(|_| format!("{positions} positions are too many for one launch"))?;
+            (
+                grid,
+                256,
+                vec![
+                    Arg::Ptr(ptr(0)),
+                    Arg::Ptr(ptr(1)),
+                    Arg::Ptr(ptr(2)),
+                    Arg::Ptr(y),
+                    Arg::I64(positions as i64),
+                    Arg::I32(int(p.channels)?),
+                    Arg::I64(p.positions as i64),
+                    Arg::F32(a.scale_value),
+                    Arg::F32(a.eps),
+                    Arg::I32(i32::from(a.silu)),
                 ],
             )
         }
