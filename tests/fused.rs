@@ -1,0 +1,137 @@
+//! The fused GPU export on the CPU provider: `tests/fixtures/helios-tiny-fused` is helios-tiny written with
+//! `export.py all --tiny --seed 0 --fused-kernels` (denoisers as MatMul + MultiHeadAttention + `com.helios`
+//! operators with one shared weights file, the VAE decoder with `ChannelRmsNorm`). Same weights as
+//! `models/helios-tiny`, so both must generate the same video, and both must match diffusers' recording.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use bevy_helios::core::model::HeliosModel;
+use bevy_helios::core::runtime::{DeviceLoopMode, RuntimeConfig};
+use bevy_helios::core::sampler::SamplerObserver;
+use bevy_helios::prelude::*;
+use common::{load_fixture, max_abs_diff};
+use ndarray::Array5;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn fused_model_dir() -> std::path::PathBuf {
+    common::root().join("tests/fixtures/helios-tiny-fused")
+}
+
+/// Keeps each chunk's latents (`chunk{k}.result`).
+#[derive(Default)]
+struct Results(BTreeMap<String, Array5<f32>>);
+
+impl SamplerObserver for Results {
+    fn tensor(&mut self, name: &str, value: &Array5<f32>) {
+        if name.ends_with(".result") {
+            self.0.insert(name.to_string(), value.clone());
+        }
+    }
+}
+
+/// Three chunks of the diffusers fixture's stream (its draws injected): latents per chunk and all frames.
+fn generate(
+    dir: &std::path::Path,
+    config: &RuntimeConfig,
+) -> Result<(BTreeMap<String, Array5<f32>>, Vec<Vec<u8>>), Box<dyn std::error::Error>> {
+    let fixture = load_fixture(&common::root().join("tests/fixtures/helios-tiny/t2v.safetensors"))?;
+    let mut model = HeliosModel::load(dir, config)?;
+    let mut noise = common::fixture_noise(&fixture, 3);
+    let mut state = model.new_stream(&StreamConfig::new(PromptWeights::one("day"), 42))?;
+    let mut results = Results::default();
+    let mut frames = Vec::new();
+    for _ in 0..3 {
+        frames.extend(
+            model
+                .next_chunk_with(&mut state, &mut noise, &mut results)?
+                .frames,
+        );
+    }
+    Ok((results.0, frames))
+}
+
+#[test]
+fn fused_tiny_generates_what_helios_tiny_and_diffusers_generate() -> TestResult {
+    let fixture = load_fixture(&common::root().join("tests/fixtures/helios-tiny/t2v.safetensors"))?;
+    let (plain, plain_frames) = generate(&common::tiny_model_dir(), &RuntimeConfig::cpu())?;
+    let (fused, fused_frames) = generate(&fused_model_dir(), &RuntimeConfig::cpu())?;
+    for k in 0..3 {
+        let name = format!("chunk{k}.result");
+        let (ours, theirs) = (&fused[&name], &plain[&name]);
+        let (err, scale) = max_abs_diff(
+            ours.iter().map(|v| *v as f64),
+            &theirs.iter().map(|v| *v as f64).collect::<Vec<_>>(),
+        );
+        assert!(
+            err <= 1e-4 * scale.max(1.0),
+            "{name}: the fused graphs differ from helios-tiny's by {err:e} (max |value| {scale})"
+        );
+        eprintln!("{name}: fused vs helios-tiny {err:.3e} (max |value| {scale:.3})");
+        let (err, scale) = max_abs_diff(ours.iter().map(|v| *v as f64), &fixture[&name].values);
+        eprintln!("{name}: fused vs diffusers {err:.3e}");
+        assert!(
+            err <= 1e-4 * scale.max(1.0),
+            "{name}: the fused graphs differ from diffusers by {err:e} (max |value| {scale})"
+        );
+    }
+    assert_eq!(fused_frames.len(), plain_frames.len());
+    let worst = fused_frames
+        .iter()
+        .zip(&plain_frames)
+        .flat_map(|(a, b)| a.iter().zip(b))
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap_or(0);
+    eprintln!("frames: fused vs helios-tiny differ by at most {worst} levels");
+    assert!(
+        worst <= 1,
+        "the fused VAE's frames differ from helios-tiny's by {worst} levels"
+    );
+    Ok(())
+}
+
+#[test]
+fn fused_tiny_runs_in_the_device_loop() -> TestResult {
+    // The device loop binds every graph's I/O (IoBinding); on the CPU provider it runs the same code as on
+    // CUDA, with the fused operators' CPU kernels.
+    let host = generate(&fused_model_dir(), &RuntimeConfig::cpu())?;
+    let device = generate(
+        &fused_model_dir(),
+        &RuntimeConfig {
+            device_loop: DeviceLoopMode::On,
+            ..RuntimeConfig::cpu()
+        },
+    )?;
+    for (name, latents) in &host.0 {
+        let (err, _) = max_abs_diff(
+            device.0[name].iter().map(|v| *v as f64),
+            &latents.iter().map(|v| *v as f64).collect::<Vec<_>>(),
+        );
+        assert!(
+            err <= 1e-5,
+            "{name}: device loop and host loop differ by {err:e}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn fused_manifest_declares_its_shared_weights() -> TestResult {
+    let manifest = bevy_helios::core::manifest::ModelManifest::load(&fused_model_dir())?;
+    let shared = manifest
+        .shared_weights
+        .expect("the fused export records its shared weights file");
+    assert_eq!(shared.file, "denoiser_weights.safetensors");
+    assert_eq!(
+        shared.graphs,
+        ["denoiser_stage0", "denoiser_stage1", "denoiser_stage2"]
+    );
+    assert!(
+        fused_model_dir().join(&shared.file).is_file(),
+        "the shared weights file is in the model directory"
+    );
+    Ok(())
+}
