@@ -450,9 +450,19 @@ fn main() -> Result<(), Error> {
     let report = model.provider().clone();
     let note = model.networks_mut().device_loop_note().to_string();
     let shared_weight_bytes = model.networks_mut().shared_weight_bytes();
+    // Device memory in use once every session exists (whole card, all processes), when there is a GPU.
+    let gpu_used_after_load = (args.provider != "cpu")
+        .then(|| bevy_helios::core::runtime::kernels::gpu_memory(0).ok())
+        .flatten()
+        .map(|(free, total)| total - free);
     println!(
-        "model `{}` {}x{} on {report}; {note}; sessions created in {session_create_ms:.0} ms",
-        manifest.name, manifest.width, manifest.height
+        "model `{}` {}x{} on {report}; {note}; sessions created in {session_create_ms:.0} ms; \
+         shared weights {:.2} GB; GPU memory in use {:.2} GB",
+        manifest.name,
+        manifest.width,
+        manifest.height,
+        shared_weight_bytes.unwrap_or(0) as f64 / 1e9,
+        gpu_used_after_load.unwrap_or(0) as f64 / 1e9
     );
     let tf32: Vec<(String, Json)> = manifest
         .graphs
@@ -698,6 +708,10 @@ fn main() -> Result<(), Error> {
             "shared_weight_bytes",
             shared_weight_bytes.map_or(Json::Null, |b| num(b as f64)),
         ),
+        (
+            "gpu_used_after_load_bytes",
+            gpu_used_after_load.map_or(Json::Null, |b| num(b as f64)),
+        ),
         ("warmup_chunks", num(args.warmup as f64)),
         ("frames_per_chunk", num(frames_per_chunk)),
         (
@@ -749,6 +763,13 @@ fn main() -> Result<(), Error> {
         ("strict_placement", Json::Bool(args.strict)),
         ("compare", Json::Obj(compare)),
         ("profile_files", Json::Arr(profile_files)),
+        (
+            "gpu_used_at_end_bytes",
+            (args.provider != "cpu")
+                .then(|| bevy_helios::core::runtime::kernels::gpu_memory(0).ok())
+                .flatten()
+                .map_or(Json::Null, |(free, total)| num((total - free) as f64)),
+        ),
         ("peak_vram_bytes", Json::Null),
     ]);
     if let Some(path) = &args.json {

@@ -47,6 +47,7 @@ struct Driver {
         *mut *mut c_void,
     ) -> CuResult,
     get_error_string: unsafe extern "C" fn(CuResult, *mut *const c_char) -> CuResult,
+    mem_get_info: unsafe extern "C" fn(*mut usize, *mut usize) -> CuResult,
 }
 
 impl Driver {
@@ -76,6 +77,7 @@ impl Driver {
             module_get_function: sym!(b"cuModuleGetFunction\0"),
             launch_kernel: sym!(b"cuLaunchKernel\0"),
             get_error_string: sym!(b"cuGetErrorString\0"),
+            mem_get_info: sym!(b"cuMemGetInfo_v2\0"),
             _lib: lib,
         })
     }
@@ -173,6 +175,18 @@ fn function(drv: &Driver, ctx: CuContext, name: &'static str) -> Result<CuFuncti
         .map_err(|e| e.to_string())?
         .insert(key, f as usize);
     Ok(f)
+}
+
+/// `(free, total)` bytes of device memory on `device`, as the driver reports them (all processes).
+pub(crate) fn memory_info(device: i32) -> Result<(usize, usize), String> {
+    let drv = driver()?;
+    drv.current_context(device)?;
+    let (mut free, mut total) = (0usize, 0usize);
+    // SAFETY: two out-parameters.
+    drv.check("cuMemGetInfo", unsafe {
+        (drv.mem_get_info)(&mut free, &mut total)
+    })?;
+    Ok((free, total))
 }
 
 /// One kernel argument, passed by value.

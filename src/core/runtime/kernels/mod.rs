@@ -229,6 +229,12 @@ pub(crate) fn domain(provider: &Provider) -> ort::Result<OperatorDomain> {
     Ok(domain)
 }
 
+/// Free and total bytes of GPU memory on CUDA device `device` (every process's use counts), from the CUDA
+/// driver; an error when there is no driver or device. For diagnostics: how much of the card a model takes.
+pub fn gpu_memory(device: i32) -> Result<(usize, usize), String> {
+    cuda::memory_info(device)
+}
+
 /// One input of a node: its shape and value.
 struct Input<'a> {
     shape: Vec<usize>,
