@@ -16,6 +16,16 @@ Measured (CUDA events around every transformer forward and every vae.decode, aft
 
 For the side-by-side benchmark (tools/bench/side_by_side.sh) it can also
   --save-checkpoint DIR  save the random weights in diffusers format (export.py --checkpoint DIR exports them)
+  --save-fused-weights FILE
+                         write the transformer's weights in the fused export's layout
+                         (tools/export/fused_graph.py write_shared_weights: safetensors, Linear weights
+                         transposed, streamed tensor by tensor from the GPU; 28.6 GB at 40 layers) for
+                         `export.py --fused-kernels --fused-weights FILE`. Written after every timed and
+                         recorded call, so neither its device-to-host copies nor the kernel's write-back of
+                         the dirty pages overlap a measurement. With --save-checkpoint the checkpoint then
+                         holds no transformer weights (VAE, scheduler, model_index.json and only
+                         transformer/config.json): the weights go to disk once, not twice (at 40 layers two
+                         28.6 GB copies do not fit the device's 64 GB disk next to everything else)
   --embeddings FILE      write the prompt embedding as an embeddings.safetensors bank (one prompt, `bench`)
   --record FILE          after the timed runs, replay the timed call (same seed) once more, untimed, and save
                          every random draw, every chunk's latents and the first chunks' RGBA8 frames
@@ -89,6 +99,45 @@ class Cfg:
 
 def stage_of(hidden_states: torch.Tensor, cfg: Cfg) -> int:
     return {v: k for k, v in cfg.stage_hw.items()}[int(hidden_states.shape[-2])]
+
+
+def save_checkpoint(pipe, dest: str, transformer_weights: bool) -> dict:
+    """The pipeline in diffusers format. Without `transformer_weights` (--save-fused-weights holds them) it writes
+    what `save_pretrained` writes minus the transformer's safetensors: model_index.json, vae/, scheduler/ and
+    transformer/config.json, from which `HeliosTransformer3DModel.from_config` rebuilds the module (export.py
+    --fused-weights builds it on the meta device). Returns {"bytes", "transformer_weights"}."""
+    dest_p = Path(dest)
+    if transformer_weights:
+        pipe.save_pretrained(dest, safe_serialization=True)
+    else:
+        dest_p.mkdir(parents=True, exist_ok=True)
+        pipe.save_config(str(dest_p))  # model_index.json, as save_pretrained writes it
+        pipe.vae.save_pretrained(str(dest_p / "vae"), safe_serialization=True)
+        pipe.scheduler.save_pretrained(str(dest_p / "scheduler"))
+        pipe.transformer.save_config(str(dest_p / "transformer"))
+        # A from_pretrained of this folder fails ("no file named diffusion_pytorch_model..."); say why.
+        (dest_p / "transformer" / "WEIGHTS_NOT_HERE.txt").write_text(
+            "tools/bench/reference.py --save-fused-weights wrote this transformer's weights in the fused export's "
+            "layout instead (export.py graphs --fused-kernels --fused-weights FILE); only config.json is here.\n")
+    size = sum(f.stat().st_size for f in dest_p.rglob("*") if f.is_file())
+    return {"bytes": size, "transformer_weights": transformer_weights}
+
+
+def save_fused_weights(transformer, path: str, dtype: str) -> dict:
+    """fused_graph.write_shared_weights: every parameter streamed from the device to `path` in the fused denoisers'
+    layout (names, [in, out] Linear weights, T = `dtype` except the f32 operands). Returns its summary plus the
+    seconds and rate of the write."""
+    sys.path.insert(0, str(ROOT / "tools" / "export"))
+    import fused_graph
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    info = fused_graph.write_shared_weights(transformer, path, dtype)
+    secs = time.perf_counter() - t
+    return {"file": str(path), "bytes": info["bytes"], "seconds": secs, "gb_per_s": info["bytes"] / 1e9 / secs,
+            "dtype": dtype, "tensors": len(info["tensors"]), "sha256": info["sha256"], "casts": len(info["casts"])}
 
 
 def build(layers: int, seed: int, device: str, cfg: Cfg, dtype: torch.dtype):
@@ -332,7 +381,16 @@ def main():
     ap.add_argument("--tiny", action="store_true", help="tiny config, 64x64 (CPU dry run of the harness)")
     ap.add_argument("--device", default=None, choices=["cuda", "cpu"], help="default: cuda (cpu with --tiny)")
     ap.add_argument("--dtype", default=None, choices=list(DTYPES), help="transformer dtype (bf16; fp32 --tiny)")
-    ap.add_argument("--save-checkpoint", default=None, help="save the random-weight pipeline here (diffusers)")
+    ap.add_argument("--save-checkpoint", default=None,
+                    help="save the random-weight pipeline here (diffusers format; without the transformer's weights "
+                         "when --save-fused-weights is given)")
+    ap.add_argument("--save-fused-weights", default=None, metavar="FILE",
+                    help="after the timed and recorded calls, write the transformer's weights in the fused export's "
+                         "layout (fused_graph.write_shared_weights) for export.py --fused-kernels --fused-weights "
+                         "FILE; prints bytes and seconds")
+    ap.add_argument("--fused-weights-dtype", default=None, choices=["fp32", "bf16"],
+                    help="T of --save-fused-weights = export.py's --dtype (default: --dtype: bf16 on the GPU, fp32 "
+                         "with --tiny)")
     ap.add_argument("--embeddings", default=None, help="write the prompt as an embeddings.safetensors bank")
     ap.add_argument("--record", default=None, help="safetensors file for draws, chunk latents and frames")
     ap.add_argument("--record-frames", type=int, default=2, help="chunks whose RGBA8 frames are recorded")
@@ -342,6 +400,7 @@ def main():
     cfg = Cfg(a.tiny)
     a.device = a.device or ("cpu" if a.tiny else "cuda")
     a.dtype = a.dtype or ("fp32" if a.tiny else "bf16")
+    a.fused_weights_dtype = a.fused_weights_dtype or a.dtype
     if a.tiny:
         a.layers = cfg.transformer["num_layers"] if a.layers == 2 else a.layers
     torch.backends.cuda.matmul.allow_tf32 = False  # torch defaults (the reference's numerics)
@@ -351,12 +410,15 @@ def main():
     t = time.perf_counter()
     pipe, n_fp32 = build(a.layers, a.seed, dev, cfg, DTYPES[a.dtype])
     build_s = time.perf_counter() - t
-    save_s = 0.0
+    save_s, ckpt_info = 0.0, None
     if a.save_checkpoint:
         t = time.perf_counter()
-        pipe.save_pretrained(a.save_checkpoint, safe_serialization=True)
+        ckpt_info = save_checkpoint(pipe, a.save_checkpoint, transformer_weights=not a.save_fused_weights)
         save_s = time.perf_counter() - t
-        print(f"saved the random-weight checkpoint to {a.save_checkpoint} in {save_s:.1f}s", flush=True)
+        print(f"saved the random-weight checkpoint to {a.save_checkpoint} in {save_s:.1f}s "
+              f"({ckpt_info['bytes'] / 1e9:.3f} GB" + ("" if ckpt_info["transformer_weights"] else
+                                                       ", transformer config only: its weights go to "
+                                                       f"{a.save_fused_weights}") + ")", flush=True)
     rec = Recorder(pipe, cfg, dev)
     g = torch.Generator("cpu").manual_seed(a.seed + 1)
     embeds = torch.randn(1, cfg.text_rows, cfg.text_dim, generator=g)
@@ -402,6 +464,14 @@ def main():
         record_info = {"file": a.record,
                        "tensors": save_record(a.record, rec, latents, embeds, a.chunks, a, cfg),
                        "save_s": time.perf_counter() - t}
+    fused_weights = None
+    if a.save_fused_weights:
+        # Last GPU work of the run: the device-to-host copies and the page-cache write-back (28.6 GB at 40 layers)
+        # come after every timed and recorded call.
+        fused_weights = save_fused_weights(pipe.transformer, a.save_fused_weights, a.fused_weights_dtype)
+        print(f"wrote the fused weights {a.save_fused_weights}: {fused_weights['bytes']} bytes "
+              f"({fused_weights['tensors']} tensors, {fused_weights['dtype']}) in {fused_weights['seconds']:.1f}s "
+              f"= {fused_weights['gb_per_s']:.2f} GB/s", flush=True)
     out = {
         "what": "diffusers HeliosPyramidPipeline, random weights, real Helios-Distilled dims, reduced layers"
                 + (" (TINY config on the CPU: a dry run, timings meaningless)" if a.tiny else ""),
@@ -412,7 +482,8 @@ def main():
         "torch": torch.__version__, "diffusers": diffusers.__version__,
         "cuda": torch.version.cuda, "python": platform.python_version(),
         "transformer_params": sum(p.numel() for p in pipe.transformer.parameters()), "fp32_params": n_fp32,
-        "build_s": build_s, "checkpoint_save_s": save_s, "weights_gb_allocated": weights_gb,
+        "build_s": build_s, "checkpoint_save_s": save_s, "checkpoint": ckpt_info, "fused_weights": fused_weights,
+        "weights_gb_allocated": weights_gb,
         "peak_vram_allocated_gb": peak_alloc, "peak_vram_reserved_gb": peak_reserved,
         "chunks": chunks, "total_ms": total_ms, "host_total_ms": host_ms, "ttff": ttff,
         "forward_flops_tflop": {s: forward_flops(s, a.layers) / 1e12 for s in range(3)},

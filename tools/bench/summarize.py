@@ -22,6 +22,12 @@ Numbers per side at N layers (as measured) and extrapolated to the 40-layer 14B 
              (chunk ms / profiled chunk ms).
   chunk40 = chunk(N) + 2 * sum_s (40 - N) * b_s. The VAE decode and everything outside the blocks are
   measured, not scaled.
+At N = 40 (the full 14B model, side_by_side.sh --fused --layers 40) nothing is extrapolated: the measured numbers
+are the 40-layer numbers (summary.json `at_40_layers` = them, with "source": "measured").
+
+Also reported: the model's size on disk (WORK/model), gpu_bench's `shared_weight_bytes` (the fused export's
+weights, in device memory once for the three stage sessions) and session creation time, the reference's
+weights write (reference.py --save-fused-weights: bytes, seconds), and the device-memory peak of every phase.
 """
 
 from __future__ import annotations
@@ -182,6 +188,34 @@ def extrapolate(chunk_ms, layers, block_ms_per_stage, tiny: bool) -> dict | None
     return res
 
 
+def measured_at_40(side: dict, tiny: bool) -> dict | None:
+    """At N = 40 layers the measurement itself is the 40-layer figure (same keys as `extrapolate`)."""
+    ms = side.get("steady_chunk_ms")
+    if not ms:
+        return None
+    res = {"chunk_ms": ms, "fps": FRAMES / (ms / 1e3), "source": "measured"}
+    if not tiny:
+        tf = chunk_tflop(FULL_LAYERS)
+        res.update({"chunk_tflop": tf, "achieved_tflops": tf / (ms / 1e3), "pct_of_floor": 100 * (tf / PEAK_TF * 1e3) / ms,
+                    "floor_ms": tf / PEAK_TF * 1e3})
+    return res
+
+
+def model_on_disk(model: Path) -> dict | None:
+    """Bytes of the exported model directory (what gpu_bench loads), and its largest files."""
+    if not model.is_dir():
+        return None
+    files = sorted(((f.stat().st_size, f.name) for f in model.iterdir() if f.is_file()), reverse=True)
+    return {"bytes": sum(b for b, _ in files), "files": len(files), "largest": [[n, b] for b, n in files[:4]]}
+
+
+def size(b) -> str:
+    """Bytes for the table: GB from 1 GB on, else MB."""
+    if b is None:
+        return "n/a"
+    return f"{b / 1e9:.2f} GB" if b >= 1e9 else f"{b / 1e6:.2f} MB"
+
+
 def fmt(v, spec=".1f", unit=""):
     return "n/a" if v is None else f"{v:{spec}}{unit}"
 
@@ -198,7 +232,9 @@ def main(argv=None) -> int:
     r_amp, r_prof = load_json(out / "rust.json"), load_json(work / "rust_profile.json")
     tiny = bool(ref and ref.get("tiny"))
     layers = ref["layers"] if ref else None
-    res = {"layers": layers, "tiny": tiny, "notes": list(a.note)}
+    full = bool(layers and layers >= FULL_LAYERS)  # the full model: measured, nothing to extrapolate
+    res = {"layers": layers, "tiny": tiny, "full_model_measured": full, "notes": list(a.note)}
+    res["model_on_disk"] = model_on_disk(work / "model")
 
     # --- reference ---
     if ref:
@@ -210,11 +246,13 @@ def main(argv=None) -> int:
         res["reference"].update({"device": ref["device"], "torch": ref["torch"], "diffusers": ref["diffusers"],
                                  "peak_alloc_gb": ref["peak_vram_allocated_gb"],
                                  "peak_reserved_gb": ref["peak_vram_reserved_gb"],
-                                 "amplified_chunk_ms": ref["chunks"][0]["wall_ms"]})
+                                 "amplified_chunk_ms": ref["chunks"][0]["wall_ms"],
+                                 "fused_weights_write": ref.get("fused_weights"), "checkpoint": ref.get("checkpoint")})
         pl = ref.get("per_layer")
         ref_blocks = pl["block_ms"] if pl else None
         res["reference"]["per_layer"] = pl
-        res["reference"]["at_40_layers"] = extrapolate(ref_steady, layers, ref_blocks, tiny)
+        res["reference"]["at_40_layers"] = (measured_at_40(res["reference"], tiny) if full
+                                            else extrapolate(ref_steady, layers, ref_blocks, tiny))
     else:
         ref_blocks, ref_steady, pl = None, None, None
         res["notes"].append("reference.json missing: the reference step failed or was skipped")
@@ -224,7 +262,8 @@ def main(argv=None) -> int:
     rust_steady = steady(amp_chunks)
     res["rust"] = side_metrics(rust_steady, layers or 0, rust_ttff(r_amp, "amplify"), rust_ttff(r_amp, "fast"), tiny)
     res["rust"]["stub"] = bool((r_amp or {}).get("stub")) or r_amp is None
-    for k in ("provider", "loop", "device", "session_create_ms", "peak_vram_bytes", "host_allocations_per_chunk",
+    for k in ("provider", "loop", "device", "session_create_ms", "shared_weight_bytes", "peak_vram_bytes",
+              "host_allocations_per_chunk",
               "hot_loop_allocations_per_chunk", "active_provider", "tf32", "ttff_by_mode_ms", "device_loop_stats"):
         if r_amp and k in r_amp:
             res["rust"][k] = r_amp[k]
@@ -244,8 +283,10 @@ def main(argv=None) -> int:
             + profile_table.markdown(table, files))
     res["profile"] = table
 
-    # --- Rust 40-layer extrapolation ---
-    if layers and rust_steady:
+    # --- Rust 40-layer extrapolation (at 40 layers: the measurement) ---
+    if full and rust_steady:
+        res["rust"]["at_40_layers"] = measured_at_40(res["rust"], tiny)
+    elif layers and rust_steady:
         per_stage_ms, source = None, None
         steady_amp = amp_chunks[1:] or amp_chunks
         if steady_amp and all(c.get("stage_ms") for c in steady_amp):
@@ -286,7 +327,9 @@ def markdown(res: dict) -> str:
     ref, rust = res.get("reference") or {}, res.get("rust") or {}
     L = res.get("layers")
     vram = res.get("vram", {})
+    full = res.get("full_model_measured")
     lines = [f"# Side by side: diffusers vs bevy_helios (ORT), {L} layers"
+             + (" (the full 14B model, measured)" if full and not res.get("tiny") else "")
              + (" — TINY CPU DRY RUN, numbers meaningless" if res.get("tiny") else ""), ""]
     if ref:
         lines.append(f"Card: {ref.get('device')}; torch {ref.get('torch')}, diffusers {ref.get('diffusers')}.")
@@ -309,15 +352,31 @@ def markdown(res: dict) -> str:
     lines.append(f"| peak VRAM, own count | {fmt(ref.get('peak_alloc_gb'), '.2f', ' GB alloc')} / "
                  f"{fmt(ref.get('peak_reserved_gb'), '.2f', ' GB reserved')} | "
                  f"{fmt((rust.get('peak_vram_bytes') or 0) / 1e9 if rust.get('peak_vram_bytes') else None, '.2f', ' GB')} |")
+    disk = res.get("model_on_disk") or {}
+    fw = ref.get("fused_weights_write") or {}
+    ck = ref.get("checkpoint") or {}
+    lines.append(f"| on disk: checkpoint (diffusers) / model (ours) | {size(ck.get('bytes'))}"
+                 + ("" if not ck or ck.get("transformer_weights", True) else " (no transformer weights)")
+                 + f" | {size(disk.get('bytes'))} |")
+    if fw:
+        lines.append(f"| transformer weights written by the reference in our layout | {size(fw['bytes'])} in "
+                     f"{fw['seconds']:.1f} s ({fw['gb_per_s']:.2f} GB/s) | (read by ours) |")
+    swb = rust.get("shared_weight_bytes")
+    lines.append(f"| session creation (ms) / shared weights in device memory | n/a | "
+                 f"{fmt(rust.get('session_create_ms'), '.0f')} / {size(swb) if swb else 'none'} |")
     if res.get("speedup_vs_reference"):
         lines.append(f"| speed-up (reference chunk ms / ours) | 1.00 | {res['speedup_vs_reference']:.2f} |")
     r40, f40 = rust.get("at_40_layers"), ref.get("at_40_layers")
-    lines += ["", "| extrapolated to 40 layers | diffusers | bevy_helios |", "|---|---|---|"]
-    for name, k, spec in (("steady chunk (ms)", "chunk_ms", ".0f"), ("generated FPS", "fps", ".2f"),
-                          ("achieved TFLOP/s", "achieved_tflops", ".0f"), ("% of floor", "pct_of_floor", ".1f")):
-        lines.append(f"| {name} | {fmt((f40 or {}).get(k), spec)} | {fmt((r40 or {}).get(k), spec)} |")
-    if res.get("speedup_vs_reference_40"):
-        lines.append(f"| speed-up at 40 layers | 1.00 | {res['speedup_vs_reference_40']:.2f} |")
+    if full:
+        lines += ["", f"{L} layers is the full Helios-Distilled 14B model: the table above is measured, nothing is "
+                      "extrapolated."]
+    else:
+        lines += ["", "| extrapolated to 40 layers | diffusers | bevy_helios |", "|---|---|---|"]
+        for name, k, spec in (("steady chunk (ms)", "chunk_ms", ".0f"), ("generated FPS", "fps", ".2f"),
+                              ("achieved TFLOP/s", "achieved_tflops", ".0f"), ("% of floor", "pct_of_floor", ".1f")):
+            lines.append(f"| {name} | {fmt((f40 or {}).get(k), spec)} | {fmt((r40 or {}).get(k), spec)} |")
+        if res.get("speedup_vs_reference_40"):
+            lines.append(f"| speed-up at 40 layers | 1.00 | {res['speedup_vs_reference_40']:.2f} |")
     for side, d in (("diffusers", ref.get("per_layer")), ("bevy_helios", rust.get("per_layer"))):
         if d:
             lines.append(f"\nPer-layer ms per forward ({side}), stages 0/1/2: "
@@ -326,12 +385,22 @@ def markdown(res: dict) -> str:
                             f" forwards from {d['forward_source']})" if "block_share" in d else ""))
     cmp_ = res.get("compare") or {}
     if cmp_:
-        lines += ["", "| output vs diffusers | max abs | max rel |", "|---|---|---|"]
+        lines += ["", "| output vs diffusers | max abs | max rel | rel L2 | values off |", "|---|---|---|---|---|"]
         for name, v in cmp_.items():
-            lines.append(f"| {name} | {fmt(v.get('max_abs'), '.3g')} | {fmt(v.get('max_rel'), '.3g')} |")
+            lines.append(f"| {name} | {fmt(v.get('max_abs'), '.3g')} | {fmt(v.get('max_rel'), '.3g')} | "
+                         f"{fmt(v.get('rel_l2'), '.3g')} | {fmt(v.get('count_off'), '.0f')} |")
+    if vram:
+        lines += ["", "| device memory by phase (nvidia-smi, MiB) | peak | idle before | peak above idle |",
+                  "|---|---|---|---|"]
+        for name, v in vram.items():
+            lines.append(f"| {name} | {v['peak_mib']:.0f} | {v['idle_before_mib']:.0f} | {v['peak_above_idle_mib']:.0f} |")
     if res.get("profile"):
-        lines += ["", "Where the time goes (steady chunk, from the profiled run): see profile_table.md.", ""]
+        lines += ["", "Where the time goes (steady chunk, from the profiled run): see profile_table.md (per graph, "
+                      "and the top node types of each graph with the nodes the CPU provider ran).", ""]
         lines.append(profile_table.markdown(res["profile"], res["profile"]["files"]).split("\n\n")[0])
+    elif full:
+        lines += ["", "No profile at this size (the profiled run is skipped unless the budget allows it): take the "
+                      "where-the-time-goes table from a 4-layer run."]
     if res.get("notes"):
         lines += ["", "Notes:"] + [f"* {n}" for n in res["notes"]]
     return "\n".join(lines) + "\n"

@@ -150,13 +150,41 @@ def load_scheduler(checkpoint: Path, dynamic_shifting: bool | None):
     )
 
 
-def load_models(checkpoint: Path, dtype: str, device: str, dynamic_shifting: bool | None):
-    """Transformer (in `dtype`, `_keep_in_fp32_modules` kept fp32 by from_pretrained), VAE (fp32), scheduler."""
+def meta_transformer(checkpoint: Path, dtype: str):
+    """`HeliosTransformer3DModel.from_config(<checkpoint>/transformer/config.json)` on the meta device: the module's
+    structure, shapes and dtypes without any weights (`--fused-weights`: they are in the fused layout's file).
+
+    Dtypes as `from_pretrained(torch_dtype=dtype)` gives them: a parameter whose dotted name has a part in
+    `_keep_in_fp32_modules` stays float32, every other one is `dtype` (diffusers 0.42.1
+    model_loading_utils.load_model_dict_into_meta: `module_to_keep_in_fp32 in param_name.split(".")`)."""
+    from diffusers import HeliosTransformer3DModel
+
+    cfg_dir = checkpoint / "transformer"
+    if not (cfg_dir / "config.json").is_file():
+        raise SystemExit(f"--fused-weights: {cfg_dir}/config.json missing (the transformer's config is needed to "
+                         "rebuild its structure)")
+    config = HeliosTransformer3DModel.load_config(str(cfg_dir))
+    with torch.device("meta"):
+        transformer = HeliosTransformer3DModel.from_config(config)
+    keep = list(getattr(HeliosTransformer3DModel, "_keep_in_fp32_modules", None) or [])
+    for name, p in transformer.named_parameters():
+        want = torch.float32 if dtype != "fp32" and any(m in name.split(".") for m in keep) else DTYPES[dtype]
+        p.data = p.data.to(want)
+    return transformer.eval().requires_grad_(False)
+
+
+def load_models(checkpoint: Path, dtype: str, device: str, dynamic_shifting: bool | None,
+                transformer_on_meta: bool = False):
+    """Transformer (in `dtype`, `_keep_in_fp32_modules` kept fp32 by from_pretrained; with `transformer_on_meta`
+    only its structure, see `meta_transformer`), VAE (fp32), scheduler."""
     from diffusers import AutoencoderKLWan, HeliosTransformer3DModel
 
-    transformer = HeliosTransformer3DModel.from_pretrained(
-        str(checkpoint), subfolder="transformer", torch_dtype=DTYPES[dtype]
-    ).to(device).eval()
+    if transformer_on_meta:
+        transformer = meta_transformer(checkpoint, dtype)
+    else:
+        transformer = HeliosTransformer3DModel.from_pretrained(
+            str(checkpoint), subfolder="transformer", torch_dtype=DTYPES[dtype]
+        ).to(device).eval()
     # The reference runs the VAE in fp32 (spec 1.1); the latent constants are built in the VAE dtype.
     vae = AutoencoderKLWan.from_pretrained(str(checkpoint), subfolder="vae", torch_dtype=torch.float32).to(device).eval()
     scheduler = load_scheduler(checkpoint, dynamic_shifting)
@@ -672,6 +700,14 @@ def export_one(module, args, input_names, output_names, path: Path, opset: int,
 
 
 SHARED_DENOISER_DATA = "denoiser_weights.onnx.data"
+FUSED_WEIGHTS = "denoiser_weights.safetensors"  # --fused-kernels: the denoisers' shared weights (fused_graph.py)
+# --fused-kernels: the fused denoisers are run in onnx.reference against torch only up to this many parameters
+# (the tiny model; a 14B forward in numpy is hopeless). Larger models get the checker + I/O checks.
+FUSED_REFERENCE_MAX_PARAMS = 50_000_000
+# --fused-weights: the shared weights' sha256 goes into the manifest only up to this size ("" above it). The Rust
+# loader checks hashes only up to the same 1 GiB (src/core/runtime/session.rs HASH_LIMIT_BYTES); hashing the 14B
+# model's 28.6 GB would cost about a minute for a hash nobody checks.
+SHARED_WEIGHTS_HASH_MAX_BYTES = 1 << 30
 EXTERNAL_ALIGN = 4096  # page-aligned offsets let onnxruntime map tensors instead of copying them
 
 
@@ -773,9 +809,13 @@ def verify_one(key: str, module, path: Path, spec, dtype: str, gen: torch.Genera
     feeds = {name: a.cpu().numpy() for (name, _, _), a in zip(want_in, args)}
     t0 = time.time()
     try:
-        sess = ort.InferenceSession(str(path), so, providers=providers)
-        got = sess.run(None, feeds)
-        res["engine"] = f"onnxruntime {providers[0]}"
+        if uses_helios_ops(path):
+            got = run_cpu(path, feeds)
+            res["engine"] = "onnx.reference (com.helios operators: tools/export/vae_fused.py reference kernels)"
+        else:
+            sess = ort.InferenceSession(str(path), so, providers=providers)
+            got = sess.run(None, feeds)
+            res["engine"] = f"onnxruntime {providers[0]}"
     except Exception as e:
         if not (dtype == "bf16" and "NOT_IMPLEMENTED" in str(e)):
             raise
@@ -908,6 +948,7 @@ def write_manifest(out: Path, meta: dict) -> Path:
         f"        dim: {emb['dim']},",
         "    ),",
         *ron_text_encoder(meta.get("text_encoder")),
+        *ron_shared_weights(meta.get("shared_weights")),
         "    graphs: {",
     ]
     for key, g in meta["graphs"].items():
@@ -957,6 +998,27 @@ def ron_text_encoder(te: dict | None) -> list[str]:
         f"        max_tokens: {te['max_tokens']},",
         "    )),",
     ]
+
+
+def ron_shared_weights(sw: dict | None) -> list[str]:
+    """The optional `shared_weights: Some((...))` field (`--fused-kernels`): one weights file that the listed
+    denoiser graphs read as ONNX external data (tools/export/fused_graph.py). Absent otherwise."""
+    if not sw:
+        return []
+    graphs = ", ".join(ron_str(g) for g in sw["graphs"])
+    return [f"    shared_weights: Some((file: {ron_str(sw['file'])}, sha256: {ron_str(sw['sha256'])}, "
+            f"graphs: [{graphs}])),"]
+
+
+def record_shared_weights(out: Path, sw: dict) -> None:
+    """Adds or replaces the shared_weights field of an existing manifest.ron (after `embeddings` and the optional
+    `text_encoder`, where write_manifest puts it)."""
+    path = out / "manifest.ron"
+    text = re.sub(r"    shared_weights: Some\(\(.*?\)\),\n", "", path.read_text(), count=1)
+    m = re.search(r"\n    graphs: \{\n", text)
+    if m is None:
+        raise SystemExit(f"{path}: no graphs field to put shared_weights before")
+    path.write_text(text[:m.start() + 1] + ron_shared_weights(sw)[0] + "\n" + text[m.start() + 1:])
 
 
 def text_encoder_meta(out: Path, src: Path, seq: int, dim: int) -> dict:
@@ -1034,6 +1096,18 @@ def resolve_common(args) -> None:
             raise SystemExit("--dtype bf16 needs --opset 22 or later (ONNX Conv accepts bfloat16 from opset 22)")
         if args.fused_attention == "attn23" and args.opset < 23:
             raise SystemExit("--fused-attention attn23 needs --opset 23 (ONNX Attention)")
+        if args.fused_kernels and args.fused_attention == "attn23":
+            raise SystemExit("--fused-kernels writes its own denoisers (MultiHeadAttention); drop --fused-attention")
+        if args.fused_kernels and args.dtype not in ("fp32", "bf16"):
+            raise SystemExit("--fused-kernels supports --dtype fp32 or bf16 (the com.helios operators' T)")
+        if args.fused_weights:
+            if not args.fused_kernels:
+                raise SystemExit("--fused-weights goes with --fused-kernels (it is the fused denoisers' weights file)")
+            if args.tiny:
+                raise SystemExit("--fused-weights needs --checkpoint (its transformer/config.json), not --tiny")
+            # (--jobs workers never read it, and it may have been moved into --out by then)
+            if not args.export_only and not Path(args.fused_weights).is_file():
+                raise SystemExit(f"--fused-weights {args.fused_weights}: no such file")
         if args.sigma_dtype is None:
             # f64 is what the scheduler computes in (exact); the shipped helios-tiny keeps its f32 graphs.
             args.sigma_dtype = "f32" if args.tiny else "f64"
@@ -1064,19 +1138,37 @@ class ModelSource:
             self._tmp.cleanup()
 
 
-def check_rgba8_mapping(out: Path, decoder_inputs, seed: int) -> str:
-    """onnxruntime runs vae_decoder and vae_decoder_rgba8 on the same latents; the bytes must equal
-    `video_to_rgba8` of the decoder's own video exactly (checks the appended nodes, free of VAE noise)."""
+def uses_helios_ops(path: Path) -> bool:
+    """Whether a graph has com.helios operators (the fused export): onnxruntime's Python package cannot run it."""
+    import onnx
+
+    return any(n.domain == "com.helios" for n in onnx.load(str(path), load_external_data=False).graph.node)
+
+
+def run_cpu(path: Path, feeds: dict) -> list:
+    """A graph on the CPU: onnxruntime, or onnx.reference with the fused operators' reference kernels when it
+    uses com.helios operators."""
+    if uses_helios_ops(path):
+        from onnx.reference import ReferenceEvaluator
+
+        import vae_fused
+
+        return ReferenceEvaluator(str(path), new_ops=vae_fused.reference_ops()).run(None, feeds)
     import onnxruntime as ort
 
-    (name, shape, _), = decoder_inputs
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 7)).numpy()
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    video = ort.InferenceSession(str(out / "vae_decoder.onnx"), so, providers=["CPUExecutionProvider"]).run(
-        None, {name: x})[0]
-    rgba = ort.InferenceSession(str(out / "vae_decoder_rgba8.onnx"), so, providers=["CPUExecutionProvider"]).run(
-        None, {name: x})[0]
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def check_rgba8_mapping(out: Path, decoder_inputs, seed: int) -> str:
+    """vae_decoder and vae_decoder_rgba8 run on the same latents (onnxruntime, or onnx.reference for the fused
+    VAE); the bytes must equal `video_to_rgba8` of the decoder's own video exactly (checks the appended nodes, free
+    of VAE noise)."""
+    (name, shape, _), = decoder_inputs
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 7)).numpy()
+    video = run_cpu(out / "vae_decoder.onnx", {name: x})[0]
+    rgba = run_cpu(out / "vae_decoder_rgba8.onnx", {name: x})[0]
     want = video_to_rgba8(torch.from_numpy(video)).numpy()
     if rgba.shape != want.shape or not np.array_equal(rgba, want):
         raise RuntimeError(f"rgba8 bytes != video_to_rgba8(vae_decoder video): "
@@ -1147,6 +1239,140 @@ def export_in_subprocesses(keys: list[str], args, argv: list[str], out: Path) ->
     return done
 
 
+def read_safetensors_header(path: Path) -> tuple[int, dict]:
+    """(header length n, header JSON) of a safetensors file; the data section starts at 8 + n."""
+    import json
+    import struct
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) != 8:
+            raise SystemExit(f"{path}: {size} bytes, not a safetensors file")
+        n = struct.unpack("<Q", raw)[0]
+        if n > min(size - 8, 100_000_000):
+            raise SystemExit(f"{path}: header length {n} does not fit a {size}-byte file (not a safetensors file?)")
+        try:
+            return n, json.loads(f.read(n))
+        except ValueError as e:
+            raise SystemExit(f"{path}: unreadable safetensors header ({e})") from None
+
+
+def check_fused_weights_file(path: Path, layout_head: bytes, dtype: str) -> int:
+    """The file given to --fused-weights must be exactly what fused_graph.write_shared_weights writes for this
+    transformer and dtype: every tensor name, dtype, shape and data offset as `weight_layout` plans them, and the
+    same header length (the graphs store absolute offsets = 8 + header length + data offset). Raises SystemExit
+    listing the differences otherwise. Returns the file size."""
+    import json
+
+    size = path.stat().st_size
+    n, got = read_safetensors_header(path)
+    want = json.loads(layout_head[8:])
+    problems = []
+    got_dtype = (got.get("__metadata__") or {}).get("dtype")
+    if got_dtype != dtype:
+        problems.append(f"written for T={got_dtype!r} (__metadata__.dtype), the export's --dtype is {dtype!r}")
+    got_t = {k: v for k, v in got.items() if k != "__metadata__"}
+    want_t = {k: v for k, v in want.items() if k != "__metadata__"}
+    missing, extra = sorted(set(want_t) - set(got_t)), sorted(set(got_t) - set(want_t))
+    if missing:
+        problems.append(f"{len(missing)} tensors the graphs need are missing, e.g. {missing[:6]}")
+    if extra:
+        problems.append(f"{len(extra)} tensors the graphs do not know, e.g. {extra[:6]}")
+    differ = [f"{k}: file {got_t[k]} != expected {want_t[k]}" for k in sorted(set(got_t) & set(want_t))
+              if [got_t[k].get(f) for f in ("dtype", "shape", "data_offsets")]
+              != [want_t[k][f] for f in ("dtype", "shape", "data_offsets")]]
+    if differ:
+        problems.append(f"{len(differ)} tensors differ in dtype/shape/offsets:\n    " + "\n    ".join(differ[:8]))
+    if not problems and n != len(layout_head) - 8:
+        problems.append(f"header length {n} != {len(layout_head) - 8} (the graphs' absolute offsets would be off)")
+    end = 8 + n + max((v["data_offsets"][1] for v in got_t.values()), default=0)
+    if not problems and size != end:
+        problems.append(f"file size {size} != {end} = end of the last tensor (truncated or padded)")
+    if problems:
+        raise SystemExit(f"--fused-weights {path}: not the weights the fused denoiser graphs of this checkpoint's "
+                         f"transformer expect ({len(want_t)} tensors, T={dtype}):\n  " + "\n  ".join(problems))
+    return size
+
+
+def place_fused_weights(src: Path, out: Path) -> str:
+    """Moves `src` into the model directory as FUSED_WEIGHTS without copying it where possible (a rename on the
+    same file system; the 14B model's 28.6 GB must not exist twice on the device's disk). Not a hard link: onnx's
+    checker (and so this export's verification) refuses external data whose file has more than one link (its
+    "hardlink attack" check). Returns what was done."""
+    import os
+    import shutil
+
+    dst = out / FUSED_WEIGHTS
+    if dst.exists() and os.path.samefile(src, dst):
+        what = f"{dst} is the given file"
+    else:
+        if dst.exists() or dst.is_symlink():
+            dst.unlink()  # stale from an earlier export
+        try:
+            os.replace(src, dst)
+            what = f"moved (renamed) {src} -> {dst}"
+        except OSError as e:  # another file system: shutil copies, then deletes the source
+            log(f"rename {src} -> {dst} failed ({e}); copying it across file systems")
+            shutil.move(str(src), str(dst))
+            what = f"moved (copied, then the source deleted) {src} -> {dst}"
+    if dst.stat().st_nlink > 1:
+        raise SystemExit(f"{dst} has {dst.stat().st_nlink} hard links: onnx's checker refuses external data with "
+                         "more than one; remove the other links (or copy the file) first")
+    return what
+
+
+def fused_denoisers_from_file(transformer, weights: Path, out: Path, dtype: str, height: int, width: int, seq: int,
+                              stages: list[int]) -> dict:
+    """`--fused-weights`: fused_graph.export_denoisers without writing the weights. The graphs are built from the
+    module's structure alone (`transformer` may be on the meta device) and point into `weights`, which is checked
+    against the layout the builder plans, then moved into `out` (`place_fused_weights`). Same summary as
+    export_denoisers; the sha256 only for files up to SHARED_WEIGHTS_HASH_MAX_BYTES ("" above)."""
+    import onnx
+
+    import fused_graph
+
+    fused_graph.register_schemas()
+    meta = fused_graph.describe(transformer)
+    t0 = time.time()
+    entries, head = fused_graph.weight_layout(transformer, dtype)
+    size = check_fused_weights_file(weights, head, dtype)
+    log(f"--fused-weights {weights}: {size} bytes, {len(entries)} tensors, layout as the builder expects; "
+        + place_fused_weights(weights, out))
+    index = {e.name: {"param": e.param, "dtype": fused_graph.ST_DTYPE[e.dtype], "shape": list(e.shape),
+                      "offset": e.offset, "length": e.length} for e in entries}
+    sha = sha256_file(out / FUSED_WEIGHTS) if size <= SHARED_WEIGHTS_HASH_MAX_BYTES else ""
+    summary = {
+        "dtype": dtype, "height": height, "width": width, "text_seq_len": seq, "layers": meta.layers,
+        "shared_weights": {"file": FUSED_WEIGHTS, "sha256": sha, "bytes": size, "tensors": len(index),
+                           "seconds": round(time.time() - t0, 2), "source": str(weights)},
+        "graphs": {},
+    }
+    spec = contract(height, width, seq, meta.text_dim, meta.in_channels)
+    model = None
+    for s in stages:
+        key = f"denoiser_stage{s}"
+        path = out / f"{key}.onnx"
+        model = fused_graph.build_stage(meta, index, s, height, width, seq, dtype)
+        onnx.save(model, str(path))
+        onnx.checker.check_model(str(path), full_check=True)
+        ins, outs = onnx_io(path)
+        want_in, want_out = spec[key]
+        if ins != [(n, list(sh), d) for n, sh, d in want_in] or outs != [(n, list(sh), d) for n, sh, d in want_out]:
+            raise RuntimeError(f"{key}: I/O {ins} -> {outs} differs from the contract {spec[key]}")
+        if external_data_files(path) != [FUSED_WEIGHTS]:
+            raise RuntimeError(f"{key}: external data {external_data_files(path)}")
+        # Independent of weight_layout: every external tensor against the file's own header.
+        if fused_graph.check_external_references(path, out / FUSED_WEIGHTS) != len(index):
+            raise RuntimeError(f"{key}: does not reference every tensor of {FUSED_WEIGHTS}")
+        summary["graphs"][key] = {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size,
+                                  "inputs": ins, "outputs": outs, "nodes": len(model.graph.node),
+                                  "ops": fused_graph.op_census(model)}
+    summary["per_block_ops"] = fused_graph.op_census(model, "blocks.0/") if model is not None else {}
+    summary["per_block_nodes"] = sum(summary["per_block_ops"].values())
+    return summary
+
+
 def run_graphs(args, source: ModelSource, argv: list[str]) -> bool:
     import diffusers
 
@@ -1155,7 +1381,17 @@ def run_graphs(args, source: ModelSource, argv: list[str]) -> bool:
     dyn = None if args.dynamic_shifting is None else args.dynamic_shifting == "true"
     if args.tiny and dyn is None:
         dyn = True
-    transformer, vae, scheduler = load_models(source.dir, args.dtype, args.device, dyn)
+    keys = GRAPH_ORDER if not args.only else [k for k in GRAPH_ORDER if k in args.only.split(",")]
+    if args.skip:
+        keys = [k for k in keys if k not in args.skip.split(",")]
+    # --fused-weights: the checkpoint has no transformer weights (only its config.json); every process, the --jobs
+    # workers included, builds the transformer on the meta device. Only the fused denoisers need it beyond its
+    # config, and they take their weights from the file. A --jobs worker that exports no denoiser never needs
+    # the weights either (the other graphs read only the transformer's config): meta too, instead of each of
+    # them loading the whole transformer.
+    on_meta = bool(args.fused_weights)
+    meta_only = on_meta or (args.export_only and not any(k.startswith("denoiser_stage") for k in keys))
+    transformer, vae, scheduler = load_models(source.dir, args.dtype, args.device, dyn, transformer_on_meta=meta_only)
     if scheduler.config.stages != STAGES:
         raise SystemExit(f"scheduler has {scheduler.config.stages} stages; the graphs are for {STAGES}")
     if tuple(transformer.config.patch_size) != (1, 2, 2):
@@ -1169,21 +1405,44 @@ def run_graphs(args, source: ModelSource, argv: list[str]) -> bool:
     log(f"block-noise Cholesky used ({L_desc}): {L.tolist()}")
     spec = contract(args.height, args.width, args.text_seq_len, text_dim, channels,
                     sigma_dtype=args.sigma_dtype.upper())
-    keys = GRAPH_ORDER if not args.only else [k for k in GRAPH_ORDER if k in args.only.split(",")]
-    if args.skip:
-        keys = [k for k in keys if k not in args.skip.split(",")]
     if "vae_decoder_rgba8" in keys and "vae_decoder" not in keys and not (out / "vae_decoder.onnx").exists():
         raise SystemExit("vae_decoder_rgba8 is made from vae_decoder.onnx: export vae_decoder too")
     fused_mode = args.fused_attention
     if fused_mode:
         import fused
+    # --fused-kernels: the denoisers are written by fused_graph.py (com.helios operators, one shared
+    # safetensors weights file), not traced; every other graph is exported as before.
+    fused_keys = [k for k in keys if k.startswith("denoiser_stage")] if args.fused_kernels else []
+    if fused_keys:
+        import fused_graph
     threshold = args.external_data_threshold
-    if (out / SHARED_DENOISER_DATA).exists() and all(f"denoiser_stage{s}" in keys for s in range(STAGES)):
+    all_denoisers = all(f"denoiser_stage{s}" in keys for s in range(STAGES))
+    if (out / SHARED_DENOISER_DATA).exists() and all_denoisers:
         (out / SHARED_DENOISER_DATA).unlink()  # stale from an earlier export
+    if not args.fused_kernels and (out / FUSED_WEIGHTS).exists() and all_denoisers:
+        (out / FUSED_WEIGHTS).unlink()  # stale from an earlier --fused-kernels export
     exported = {}
+    if args.fused_weights and not fused_keys and not args.export_only:
+        log("--fused-weights ignored: no denoiser graph is exported")
+    if fused_keys:
+        t0 = time.time()
+        if args.fused_weights:
+            fused_summary = fused_denoisers_from_file(transformer, Path(args.fused_weights), out, args.dtype,
+                                                      args.height, args.width, args.text_seq_len,
+                                                      [int(k[-1]) for k in fused_keys])
+        else:
+            fused_summary = fused_graph.export_denoisers(transformer, out, args.dtype, args.height, args.width,
+                                                         args.text_seq_len, stages=[int(k[-1]) for k in fused_keys])
+        for key in fused_keys:
+            exported[key] = (time.time() - t0, False)
+        sw = fused_summary["shared_weights"]
+        log(f"wrote fused denoisers {fused_keys} in {time.time() - t0:.1f}s: "
+            f"{fused_summary['per_block_nodes']} nodes per block; {sw['file']} {sw['bytes'] / 1e6:.1f} MB "
+            f"({sw['tensors']} tensors)")
     if args.jobs > 1 and not args.export_only:
         # Each key in its own process (the exporter is single-threaded Python; minutes per graph at full size).
-        exported.update(export_in_subprocesses([k for k in keys if k != "vae_decoder_rgba8"], args, argv, out))
+        exported.update(export_in_subprocesses([k for k in keys if k != "vae_decoder_rgba8" and k not in exported],
+                                               args, argv, out))
     for key in keys:
         if key in exported:
             continue
@@ -1195,6 +1454,15 @@ def run_graphs(args, source: ModelSource, argv: list[str]) -> bool:
         if key == "vae_decoder_rgba8":
             append_rgba8(out / "vae_decoder.onnx", path)
             external = bool(external_data_files(path))
+        elif key == "vae_decoder" and args.fused_kernels:
+            # com.helios::ChannelRmsNorm for every WanRMS_norm, the SiLU after it folded in (vae_fused.py).
+            import vae_fused
+
+            with vae_fused.vae_export_patches():
+                external = export_one(module, export_args, [n for n, _, _ in ins], [n for n, _, _ in outs], path,
+                                      args.opset, threshold, translation_table=vae_fused.translation_table(args.opset),
+                                      optimize=not args.no_optimize_vae)
+            log(f"fused VAE decoder: {vae_fused.fuse_file(path)}")
         elif key.startswith("denoiser_stage") and fused_mode:
             with fused.gpu_export_patches(fused_mode):
                 external = export_one(module, export_args, [n for n, _, _ in ins], [n for n, _, _ in outs], path,
@@ -1215,14 +1483,28 @@ def run_graphs(args, source: ModelSource, argv: list[str]) -> bool:
     results, graphs = [], {}
     for key in keys:
         path = out / f"{key}.onnx"
-        module = build_modules(key, transformer, vae, scheduler, L, args.dtype).to(args.device)
+        # The fused denoisers are checked against the transformer itself (fused_graph.verify_for_export), and a
+        # meta-device transformer (--fused-weights) cannot be moved to a device.
+        module = None if key in fused_keys else build_modules(key, transformer, vae, scheduler, L,
+                                                              args.dtype).to(args.device)
         run_ort = args.verify == "full" or (args.verify == "light" and not key.startswith("denoiser"))
         try:
             # The VAE and the stage-0 downsample stay fp32 whatever --dtype is (the reference runs them so).
             graph_dtype = "fp32" if key.startswith("vae") or key == "pyramid_downsample" else args.dtype
-            r = verify_one(key, module, path, spec[key], graph_dtype, gen, run_ort, args.ort_provider, args.device,
-                           reference_ops=fused.reference_ops() if fused_mode else None)
-            if key.startswith("denoiser_stage") and fused_mode:
+            if key in fused_keys:
+                # onnxruntime's Python package cannot run com.helios operators: onnx.reference (small models).
+                small = sum(p.numel() for p in transformer.parameters()) <= FUSED_REFERENCE_MAX_PARAMS
+                r = fused_graph.verify_for_export(key, transformer, path, spec[key], args.dtype,
+                                                  args.seed + 1 + int(key[-1]), run_ort and small and not on_meta)
+                if on_meta:
+                    r["notes"].append(f"--fused-weights: no weights in this process (transformer on the meta "
+                                      f"device), so no numerical check here: checker + contract I/O + every "
+                                      f"external tensor against {FUSED_WEIGHTS}'s header only; the numbers are "
+                                      f"checked end to end by running the model (e.g. gpu_bench --compare)")
+            else:
+                r = verify_one(key, module, path, spec[key], graph_dtype, gen, run_ort, args.ort_provider,
+                               args.device, reference_ops=fused.reference_ops() if fused_mode else None)
+            if key.startswith("denoiser_stage") and fused_mode and key not in fused_keys:
                 r["ops"] = fused.op_census(path)
                 problems = fused.check_gpu_graph(path, fused_mode)
                 r["notes"] += [f"not fit for the CUDA provider: {p}" for p in problems]
@@ -1236,7 +1518,8 @@ def run_graphs(args, source: ModelSource, argv: list[str]) -> bool:
             r = {"key": key, "ok": False, "notes": [f"{type(e).__name__}: {e}"]}
         t_export = exported[key][0]
         data = external_data_files(path)
-        r["bytes"] = path.stat().st_size + sum((out / d).stat().st_size for d in data if d != SHARED_DENOISER_DATA)
+        r["bytes"] = path.stat().st_size + sum((out / d).stat().st_size for d in data
+                                               if d not in (SHARED_DENOISER_DATA, FUSED_WEIGHTS))
         results.append(r)
         err = f"max_abs_err={r['max_abs_err']:.3e} max|ref|={r['max_abs_ref']:.3e} tol={r['tol']:.3e}" \
             if "max_abs_err" in r else ""
@@ -1251,9 +1534,15 @@ def run_graphs(args, source: ModelSource, argv: list[str]) -> bool:
             log("hint: onnxruntime's CPU provider cannot run bf16 Conv/MatMul; verify with --ort-provider cuda "
                 "(onnxruntime-gpu) or accept checker + I/O checks only for those graphs with --verify light")
         return False
+    shared_weights = None
+    if fused_keys:
+        shared_weights = {"file": FUSED_WEIGHTS, "sha256": fused_summary["shared_weights"]["sha256"],
+                          "graphs": fused_keys}
     if args.only and args.merge_manifest:
         path = merge_manifest_graphs(out, graphs)
-        log(f"added/replaced {sorted(graphs)} in {path}")
+        if shared_weights:
+            record_shared_weights(out, shared_weights)
+        log(f"added/replaced {sorted(graphs)} in {path}" + (" and its shared_weights" if shared_weights else ""))
         return True
     if args.only:
         log("--only given: manifest.ron not written (it must list every graph)")
@@ -1278,6 +1567,7 @@ def run_graphs(args, source: ModelSource, argv: list[str]) -> bool:
         "embeddings": embeddings_meta(out, args.text_seq_len, text_dim),
         "text_encoder": text_encoder_meta(out, Path(args.text_encoder_dir), args.text_seq_len, text_dim)
         if args.text_encoder_dir else None,
+        "shared_weights": shared_weights,
         "graphs": graphs,
     }
     path = write_manifest(out, meta)
@@ -1480,6 +1770,19 @@ def parse_args(argv):
                             help="GPU denoisers: attention as com.microsoft::MultiHeadAttention (mha) or ONNX "
                                  "Attention (attn23, opset 23), RoPE without ScatterND, no bf16 Pad "
                                  "(tools/export/fused.py)")
+            sp.add_argument("--fused-kernels", action="store_true",
+                            help="GPU denoisers written by tools/export/fused_graph.py: each block as MatMul + "
+                                 "MultiHeadAttention + com.helios fused operators (docs/fused-ops.md), weights in "
+                                 f"one {FUSED_WEIGHTS} recorded as shared_weights in manifest.ron; verified "
+                                 "with onnx.reference for small (tiny) models, checker + I/O otherwise")
+            sp.add_argument("--fused-weights", default=None, metavar="FILE",
+                            help="with --fused-kernels: the denoisers' weights already in the fused layout (e.g. "
+                                 "tools/bench/reference.py --save-fused-weights), used instead of writing them: "
+                                 "the transformer is built from <checkpoint>/transformer/config.json on the meta "
+                                 "device (no weights loaded, none needed in the checkpoint), FILE's tensor names, "
+                                 f"shapes and dtypes are checked against the graphs, and it is moved (renamed: "
+                                 f"no copy on one file system) into --out as {FUSED_WEIGHTS}; its sha256 is recorded only up to 1 GiB. "
+                                 "The fused denoisers then get checker + I/O checks only")
             sp.add_argument("--sigma-dtype", default=None, choices=["f32", "f64"],
                             help="dtype of the dmd_step graphs' sigma inputs (default f64 = the scheduler's exact "
                                  "values; f32 for --tiny, whose shipped graphs predate f64)")

@@ -30,8 +30,8 @@ bf16 model and as the torch.onnx export of them did:
     pad / center_down_sample_3d / flatten / concat as forward().
 
 Subcommands: `build` (graphs + weights + JSON summary), `verify` (onnx.reference against DenoiserStage, fp32 and
-bf16), `fixture` (the tiny fused graphs of tests/fixtures/helios-tiny-fused, checked against
-models/helios-tiny's own denoisers). onnxruntime's Python package cannot run com.helios operators, so fused
+bf16). `export.py --fused-kernels` uses this module for a whole model (the test fixture
+tests/fixtures/helios-tiny-fused is `export.py all --tiny --seed 0 --fused-kernels`). onnxruntime's Python package cannot run com.helios operators, so fused
 graphs are only ever run here with onnx.reference (tools/export/helios_ops_ref.py).
 """
 
@@ -277,40 +277,75 @@ def weight_layout(transformer, dtype: str) -> tuple[list[WeightEntry], bytes]:
     return entries, struct.pack("<Q", len(text)) + text
 
 
+HASH_LIMIT_BYTES = 1 << 30  # the Rust loader checks hashes of files up to 1 GiB; larger files are not hashed
+
+
 def write_shared_weights(transformer, path, dtype: str) -> dict:
     """Writes the transformer's parameters to `path` (safetensors, ONNX layout; see `weight_layout`) streaming:
-    the header first, then each tensor moved to the CPU, cast and transposed one at a time (28.6 GB for the 14B
-    model in bf16 never has to fit in memory). Works for a module on any device.
+    the header first, then each tensor cast and transposed where it lives (on the GPU for a GPU module), moved to
+    the CPU and written by a second thread while the next one is prepared (28.6 GB for the 14B model in bf16
+    never has to fit in memory). Works for a module on any device. The sha256 is computed only for files up to
+    `HASH_LIMIT_BYTES` ("" above: hashing 28.6 GB costs a minute and nothing checks it).
 
     Returns {file, path, sha256, bytes, dtype, tensors: {name: {param, dtype, shape, offset, length}},
     casts: [params whose stored dtype differs from the module's, i.e. rounded or widened here]}."""
+    import queue
+    import threading
+
     path = Path(path)
     entries, head = weight_layout(transformer, dtype)
     params = dict(transformer.named_parameters())
-    sha = hashlib.sha256(head)
+    total = len(head) + sum(e.length for e in entries)
+    sha = hashlib.sha256(head) if total <= HASH_LIMIT_BYTES else None
     casts = []
     tmp = path.with_name(path.name + ".partial")
+    pending: queue.Queue = queue.Queue(maxsize=2)
+    failure: list[BaseException] = []
+
+    def writer(f):
+        try:
+            while (item := pending.get()) is not None:
+                f.write(item)
+                if sha is not None:
+                    sha.update(item)
+        except BaseException as e:  # noqa: BLE001  (re-raised in the caller's thread)
+            failure.append(e)
+            while pending.get() is not None:  # drain so the producer never blocks
+                pass
+
     with torch.no_grad(), open(tmp, "wb") as f:
         f.write(head)
-        for e in entries:
-            p = params[e.param].detach()
-            if p.dtype != e.dtype:
-                casts.append(f"{e.param}: {str(p.dtype).replace('torch.', '')} -> "
-                             f"{str(e.dtype).replace('torch.', '')}")
-            p = p.to("cpu")
-            if e.transpose:
-                p = p.t()
-            data = p.to(e.dtype).contiguous().view(torch.uint8).numpy()
-            if data.nbytes != e.length or f.tell() != e.offset:
-                raise RuntimeError(f"{e.name}: layout mismatch ({data.nbytes} bytes at {f.tell()}, planned "
-                                   f"{e.length} at {e.offset})")
-            f.write(memoryview(data))
-            sha.update(memoryview(data))
-            del p, data
+        thread = threading.Thread(target=writer, args=(f,), daemon=True)
+        thread.start()
+        offset = len(head)
+        try:
+            for e in entries:
+                p = params[e.param].detach()
+                if p.dtype != e.dtype:
+                    casts.append(f"{e.param}: {str(p.dtype).replace('torch.', '')} -> "
+                                 f"{str(e.dtype).replace('torch.', '')}")
+                if e.transpose:
+                    p = p.t()
+                data = p.to(e.dtype).contiguous().to("cpu").view(torch.uint8).numpy()
+                if data.nbytes != e.length or offset != e.offset:
+                    raise RuntimeError(f"{e.name}: layout mismatch ({data.nbytes} bytes at {offset}, planned "
+                                       f"{e.length} at {e.offset})")
+                offset += data.nbytes
+                pending.put(memoryview(data))
+                if failure:
+                    break
+        finally:
+            pending.put(None)
+            thread.join()
+        if failure:
+            raise failure[0]
         size = f.tell()
+    if size != total:
+        raise RuntimeError(f"{path.name}: wrote {size} bytes, the layout has {total}")
     tmp.replace(path)
     return {
-        "file": path.name, "path": str(path), "sha256": sha.hexdigest(), "bytes": size, "dtype": dtype,
+        "file": path.name, "path": str(path), "sha256": sha.hexdigest() if sha is not None else "", "bytes": size,
+        "dtype": dtype,
         "tensors": {e.name: {"param": e.param, "dtype": ST_DTYPE[e.dtype], "shape": list(e.shape),
                              "offset": e.offset, "length": e.length} for e in entries},
         "casts": casts,
@@ -1054,82 +1089,6 @@ def cmd_verify(args) -> int:
     return 0 if ok else 1
 
 
-def manifest_seed(manifest: Path) -> int:
-    """The --seed of the command recorded in a manifest's `source` (0 when absent, export.py's default)."""
-    text = manifest.read_text()
-    m = re.search(r'source: "([^"]*)"', text)
-    if not m:
-        raise SystemExit(f"{manifest}: no source field")
-    s = re.search(r"--seed[ =](\d+)", m.group(1))
-    if "--tiny" not in m.group(1):
-        raise SystemExit(f"{manifest}: source {m.group(1)!r} is not a --tiny export")
-    return int(s.group(1)) if s else 0
-
-
-def cmd_fixture(args) -> int:
-    """See --help of `fixture`."""
-    import onnxruntime as ort
-
-    torch.set_grad_enabled(False)
-    ref_dir = Path(args.reference)
-    seed = manifest_seed(ref_dir / "manifest.ron")
-    out = Path(args.out)
-    ok = True
-    with tempfile.TemporaryDirectory(prefix="helios-fused-fixture-") as tmp:
-        ckpt = tiny_checkpoint(seed, Path(tmp))
-        transformer = load_transformer(ckpt, "fp32")
-    # The shipped tiny checkpoint (export.py --save-checkpoint) must hold exactly these weights.
-    shipped = E.REPO_ROOT / "tests/fixtures/helios-tiny/checkpoint/transformer/diffusion_pytorch_model.safetensors"
-    if shipped.exists():
-        from safetensors.torch import load_file
-
-        st = load_file(str(shipped))
-        params = dict(transformer.named_parameters())
-        same = set(st) == set(params) and all(torch.equal(st[k], params[k].detach()) for k in st)
-        log(f"{'OK  ' if same else 'FAIL'} weights identical to {E.repo_relative(shipped)}")
-        ok &= same
-    meta = describe(transformer)
-    h, w, seq = args.height, args.width, args.text_seq_len
-    summary = export_denoisers(transformer, out, "fp32", h, w, seq)
-    spec = E.contract(h, w, seq, meta.text_dim, meta.in_channels)
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    checks = {}
-    for s in range(E.STAGES):
-        key = f"denoiser_stage{s}"
-        feeds = stage_inputs(spec[key][0], args.seed + s, args.timestep)
-        got = run_fused(out / f"{key}.onnx", feeds)
-        shipped_graph = ort.InferenceSession(str(ref_dir / f"{key}.onnx"), so, providers=["CPUExecutionProvider"])
-        ref = shipped_graph.run(None, feeds)[0]
-        c = compare(got, ref)
-        torch_ref = torch_stage(transformer, feeds, spec[key][0])
-        c_torch = compare(got, torch_ref)
-        c_ort_torch = compare(ref, torch_ref)  # context: the shipped graph's own distance from torch
-        good = c["finite"] and c["rel"] <= TOL["fp32"] and c_torch["rel"] <= TOL["fp32"]
-        ok &= good
-        checks[key] = {"vs_helios_tiny_onnxruntime": c, "vs_torch": c_torch,
-                       "helios_tiny_onnxruntime_vs_torch": c_ort_torch}
-        log(f"{'OK  ' if good else 'FAIL'} {key}: fused (onnx.reference) vs {E.repo_relative(ref_dir / key)}.onnx "
-            f"(onnxruntime CPU) max abs {c['max_abs_err']:.2e} / max|ref| {c['max_abs_ref']:.2e}; fused vs torch "
-            f"{c_torch['max_abs_err']:.2e}; helios-tiny (onnxruntime) vs torch {c_ort_torch['max_abs_err']:.2e}")
-    lines = [
-        "// Fused denoiser graphs of helios-tiny (tools/export/fused_graph.py fixture): the manifest entries, exactly",
-        "// as export.py --fused-kernels writes them (shared_weights field, then the three graphs entries).",
-        *E.ron_shared_weights({**summary["shared_weights"], "graphs": STAGE_KEYS}),
-    ]
-    for key in STAGE_KEYS:
-        g = summary["graphs"][key]
-        lines += E._ron_graph_entry(key, {"file": g["file"], "sha256": g["sha256"], "inputs": g["inputs"],
-                                          "outputs": g["outputs"]})
-    (out / "graphs.ron").write_text("\n".join(lines) + "\n")
-    total = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
-    summary["checks"] = checks
-    summary["fixture_bytes"] = total
-    print(dumps(summary))
-    log(f"wrote {E.repo_relative(out)} ({total / 1e3:.0f} kB): " + ("OK" if ok else "FAILED"))
-    return 0 if ok else 1
-
-
 def parse_args(argv):
     p = argparse.ArgumentParser(
         prog="fused_graph.py",
@@ -1170,17 +1129,6 @@ def parse_args(argv):
     v.add_argument("--width", type=int, default=64)
     v.add_argument("--text-seq-len", type=int, default=None, help="prompt rows (default 16)")
 
-    f = sub.add_parser("fixture", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       help="the fp32 fused graphs of helios-tiny (same weights, checked against its own denoiser "
-                            "graphs in onnxruntime) + graphs.ron, for the Rust tests")
-    f.add_argument("--out", default=str(E.REPO_ROOT / "tests/fixtures/helios-tiny-fused"))
-    f.add_argument("--reference", default=str(E.REPO_ROOT / "models/helios-tiny"),
-                   help="the tiny model directory whose manifest source (seed) and denoisers are matched")
-    f.add_argument("--seed", type=int, default=0, help="seed of the comparison inputs")
-    f.add_argument("--timestep", type=int, default=500)
-    f.add_argument("--height", type=int, default=64)
-    f.add_argument("--width", type=int, default=64)
-    f.add_argument("--text-seq-len", type=int, default=16)
     args = p.parse_args(argv)
     if args.command == "build":
         real = not args.tiny
@@ -1194,7 +1142,7 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    return {"build": cmd_build, "verify": cmd_verify, "fixture": cmd_fixture}[args.command](args)
+    return {"build": cmd_build, "verify": cmd_verify}[args.command](args)
 
 
 if __name__ == "__main__":
