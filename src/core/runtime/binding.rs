@@ -466,20 +466,6 @@ impl Copier {
         self.run(transfer)
     }
 
-    /// Copies a host tensor of the transfer's dtype and shape to its device tensor (one-off uploads such as
-    /// the shared weights; the transfer is used up).
-    pub fn upload_tensor(
-        &mut self,
-        mut transfer: Transfer,
-        host: &DynTensor,
-    ) -> Result<(), HeliosError> {
-        transfer
-            .binding
-            .bind_input("x", host)
-            .map_err(ort_err(&transfer.what))?;
-        self.run(&transfer)
-    }
-
     /// Runs a transfer as bound; returns when the copy is done.
     pub fn run(&mut self, transfer: &Transfer) -> Result<(), HeliosError> {
         let session = &mut self.sessions[transfer.session].1;

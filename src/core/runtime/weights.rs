@@ -11,28 +11,25 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::Arc;
 
-use half::bf16;
-use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
-use ort::session::Session;
-use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
-use ort::value::{DynTensor, DynValue, Tensor};
+use ort::session::builder::SessionBuilder;
+use ort::value::{DynValue, TensorElementType};
 use safetensors::Dtype;
 
-use super::binding::{Copier, identity_model, ort_err};
+use super::kernels::DeviceBuffer;
 use super::provider::Provider;
-use crate::core::manifest::DType;
 use crate::error::HeliosError;
 
 /// Largest safetensors header accepted (the 14B model's is about 100 kB).
 const MAX_HEADER_BYTES: u64 = 64 << 20;
 
-/// The shared tensors, in device memory, and what keeps that memory alive.
+/// The shared tensors, in device memory this crate allocated (ONNX Runtime only takes a shared initializer
+/// whose memory belongs to the caller).
 pub(crate) struct SharedWeights {
-    /// `(initializer name, tensor)`; declared before `_owner` so the tensors go first.
+    /// `(initializer name, tensor)`; declared before `_buffers` so the tensors go first.
     tensors: Vec<(String, Arc<DynValue>)>,
+    /// The device memory under the tensors, freed when this is dropped (after every session).
+    _buffers: Vec<DeviceBuffer>,
     bytes: u64,
-    /// The session whose device allocator holds the tensors' memory.
-    _owner: Session,
 }
 
 impl std::fmt::Debug for SharedWeights {
@@ -84,19 +81,15 @@ impl SharedWeights {
         // File order: sequential reads.
         entries.sort_by_key(|(_, info)| info.data_offsets.0);
 
-        let owner = owner_session(provider)?;
-        let memory = MemoryInfo::new(
-            AllocationDevice::CUDA,
-            provider.device_id(),
-            AllocatorType::Device,
-            MemoryType::Default,
-        )
-        .map_err(ort_err("CUDA memory info"))?;
-        let allocator =
-            Allocator::new(&owner, memory).map_err(ort_err("shared weights allocator"))?;
-        let mut copier = Copier::new(provider);
+        let device = provider.device_id();
+        let gpu = |name: &str, e: String| HeliosError::ProviderUnavailable {
+            provider: provider.name().into(),
+            reason: format!("shared weight `{name}`: {e}"),
+        };
         let mut tensors = Vec::with_capacity(entries.len());
+        let mut buffers = Vec::with_capacity(entries.len());
         let mut bytes = 0u64;
+        let mut host = Vec::new();
         for (name, info) in entries {
             let (begin, end) = (info.data_offsets.0 as u64, info.data_offsets.1 as u64);
             if data_start + end > file_len {
@@ -105,33 +98,9 @@ impl SharedWeights {
                     format!("tensor `{name}` ends past the end of the file"),
                 ));
             }
-            let shape = info.shape.clone();
-            let count: usize = shape.iter().product();
-            file.seek(SeekFrom::Start(data_start + begin))
-                .map_err(io(path))?;
-            let (host, dtype): (DynTensor, DType) = match info.dtype {
-                Dtype::BF16 => {
-                    let mut data = vec![bf16::ZERO; count];
-                    read_into(&mut file, bytemuck::cast_slice_mut(&mut data), end - begin)
-                        .map_err(|e| corrupt(path, format!("tensor `{name}`: {e}")))?;
-                    (
-                        Tensor::from_array((shape.clone(), data))
-                            .map_err(ort_err(&name))?
-                            .upcast(),
-                        DType::Bf16,
-                    )
-                }
-                Dtype::F32 => {
-                    let mut data = vec![0f32; count];
-                    read_into(&mut file, bytemuck::cast_slice_mut(&mut data), end - begin)
-                        .map_err(|e| corrupt(path, format!("tensor `{name}`: {e}")))?;
-                    (
-                        Tensor::from_array((shape.clone(), data))
-                            .map_err(ort_err(&name))?
-                            .upcast(),
-                        DType::F32,
-                    )
-                }
+            let elem = match info.dtype {
+                Dtype::BF16 => TensorElementType::Bfloat16,
+                Dtype::F32 => TensorElementType::Float32,
                 other => {
                     return Err(corrupt(
                         path,
@@ -139,18 +108,34 @@ impl SharedWeights {
                     ));
                 }
             };
-            let mut device = DynTensor::new(
-                &allocator,
-                super::binding::element_type(dtype),
-                shape.clone(),
-            )
-            .map_err(|e| {
-                HeliosError::inference(&format!("allocating shared weight `{name}`"), e)
-            })?;
-            let transfer = copier.to_device(format!("uploading `{name}`"), dtype, &mut device)?;
-            copier.upload_tensor(transfer, &host)?;
-            bytes += end - begin;
-            tensors.push((name, Arc::new(device.into_dyn())));
+            let count: usize = info.shape.iter().product();
+            let want = count
+                * if elem == TensorElementType::Float32 {
+                    4
+                } else {
+                    2
+                };
+            if (end - begin) as usize != want {
+                return Err(corrupt(
+                    path,
+                    format!(
+                        "tensor `{name}` has {} bytes for {count} values",
+                        end - begin
+                    ),
+                ));
+            }
+            host.resize(want, 0u8);
+            file.seek(SeekFrom::Start(data_start + begin))
+                .map_err(io(path))?;
+            file.read_exact(&mut host).map_err(io(path))?;
+            let buffer = DeviceBuffer::upload(device, &host).map_err(|e| gpu(&name, e))?;
+            let shape: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
+            let value = buffer
+                .tensor(device, elem, &shape)
+                .map_err(|e| gpu(&name, e))?;
+            bytes += want as u64;
+            buffers.push(buffer);
+            tensors.push((name, Arc::new(value)));
         }
         tracing::info!(
             "shared denoiser weights: {} tensors, {:.2} GB on {}",
@@ -160,8 +145,8 @@ impl SharedWeights {
         );
         Ok(Self {
             tensors,
+            _buffers: buffers,
             bytes,
-            _owner: owner,
         })
     }
 
@@ -179,35 +164,4 @@ impl SharedWeights {
     pub(crate) fn bytes(&self) -> u64 {
         self.bytes
     }
-}
-
-fn read_into(file: &mut File, buf: &mut [u8], want: u64) -> Result<(), String> {
-    if buf.len() as u64 != want {
-        return Err(format!(
-            "{want} bytes in the file for {} bytes of tensor",
-            buf.len()
-        ));
-    }
-    file.read_exact(buf).map_err(|e| e.to_string())
-}
-
-/// A session on `provider` whose device allocator holds the shared tensors. Its arena grows by exactly
-/// what is asked (28.6 GB in power-of-two steps could overshoot by gigabytes).
-fn owner_session(provider: &Provider) -> Result<Session, HeliosError> {
-    let env = super::environment()?;
-    let what = "shared weights owner session";
-    let device = provider.device_id();
-    let cuda = ort::ep::CUDA::default()
-        .with_device_id(device)
-        .with_arena_extend_strategy(ort::ep::ArenaExtendStrategy::SameAsRequested)
-        .build()
-        .error_on_failure();
-    Session::builder(&env)
-        .map_err(ort_err(what))?
-        .with_optimization_level(GraphOptimizationLevel::Disable)
-        .map_err(ort_err(what))?
-        .with_execution_providers([cuda])
-        .map_err(ort_err(what))?
-        .commit_from_memory(&identity_model(DType::U8))
-        .map_err(ort_err(what))
 }

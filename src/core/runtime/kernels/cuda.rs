@@ -48,6 +48,9 @@ struct Driver {
     ) -> CuResult,
     get_error_string: unsafe extern "C" fn(CuResult, *mut *const c_char) -> CuResult,
     mem_get_info: unsafe extern "C" fn(*mut usize, *mut usize) -> CuResult,
+    mem_alloc: unsafe extern "C" fn(*mut u64, usize) -> CuResult,
+    mem_free: unsafe extern "C" fn(u64) -> CuResult,
+    memcpy_htod: unsafe extern "C" fn(u64, *const c_void, usize) -> CuResult,
 }
 
 impl Driver {
@@ -78,6 +81,9 @@ impl Driver {
             launch_kernel: sym!(b"cuLaunchKernel\0"),
             get_error_string: sym!(b"cuGetErrorString\0"),
             mem_get_info: sym!(b"cuMemGetInfo_v2\0"),
+            mem_alloc: sym!(b"cuMemAlloc_v2\0"),
+            mem_free: sym!(b"cuMemFree_v2\0"),
+            memcpy_htod: sym!(b"cuMemcpyHtoD_v2\0"),
             _lib: lib,
         })
     }
@@ -187,6 +193,99 @@ pub(crate) fn memory_info(device: i32) -> Result<(usize, usize), String> {
         (drv.mem_get_info)(&mut free, &mut total)
     })?;
     Ok((free, total))
+}
+
+/// Device memory this crate allocated (`cuMemAlloc`), freed on drop. ONNX Runtime takes an initializer
+/// shared between sessions only when its memory belongs to the caller, not to one of its allocators.
+pub(crate) struct DeviceBuffer {
+    ptr: u64,
+    bytes: usize,
+}
+
+impl std::fmt::Debug for DeviceBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceBuffer")
+            .field("bytes", &self.bytes)
+            .finish()
+    }
+}
+
+impl DeviceBuffer {
+    /// Copies `host` into new device memory on `device`.
+    pub(crate) fn upload(device: i32, host: &[u8]) -> Result<Self, String> {
+        let drv = driver()?;
+        drv.current_context(device)?;
+        let mut ptr = 0u64;
+        // SAFETY: an out-parameter; the size is the host slice's.
+        drv.check(&format!("cuMemAlloc({} bytes)", host.len()), unsafe {
+            (drv.mem_alloc)(&mut ptr, host.len().max(1))
+        })?;
+        let buffer = Self {
+            ptr,
+            bytes: host.len(),
+        };
+        // SAFETY: `ptr` has `host.len()` bytes of device memory; `host` is readable for that many.
+        drv.check("cuMemcpyHtoD", unsafe {
+            (drv.memcpy_htod)(ptr, host.as_ptr().cast(), host.len())
+        })?;
+        Ok(buffer)
+    }
+
+    /// An ONNX Runtime tensor of `shape` and `elem` over this memory (which must outlive it: keep the buffer
+    /// for as long as any session uses the tensor).
+    pub(crate) fn tensor(
+        &self,
+        device: i32,
+        elem: ort::value::TensorElementType,
+        shape: &[i64],
+    ) -> Result<ort::value::DynValue, String> {
+        use ort::AsPointer;
+        use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
+
+        let info = MemoryInfo::new(
+            AllocationDevice::CUDA,
+            device,
+            AllocatorType::Device,
+            MemoryType::Default,
+        )
+        .map_err(|e| e.to_string())?;
+        let api = ort::api();
+        let mut value: *mut ort::sys::OrtValue = std::ptr::null_mut();
+        // SAFETY: the buffer holds `self.bytes` bytes on `device`; ONNX Runtime only records the pointer.
+        let status = unsafe {
+            (api.CreateTensorWithDataAsOrtValue)(
+                info.ptr(),
+                self.ptr as *mut c_void,
+                self.bytes,
+                shape.as_ptr(),
+                shape.len(),
+                elem.into(),
+                &mut value,
+            )
+        };
+        if !status.0.is_null() {
+            // SAFETY: a status ONNX Runtime returned: read its message, then release it.
+            let message = unsafe { CStr::from_ptr((api.GetErrorMessage)(status.0)) }
+                .to_string_lossy()
+                .into_owned();
+            // SAFETY: as above.
+            unsafe { (api.ReleaseStatus)(status.0) };
+            return Err(format!("creating a tensor over device memory: {message}"));
+        }
+        let value = std::ptr::NonNull::new(value).ok_or("ONNX Runtime returned no tensor")?;
+        // SAFETY: a valid OrtValue we own from here on; it owns no memory, so the allocator ort wants for
+        // tensors is never used to free anything.
+        Ok(unsafe { ort::value::DynValue::from_ptr(value, Some(&Allocator::default())) })
+    }
+}
+
+impl Drop for DeviceBuffer {
+    fn drop(&mut self) {
+        if let Ok(drv) = driver() {
+            // SAFETY: memory this buffer allocated; nothing refers to it once the buffer goes.
+            let _ = unsafe { (drv.mem_free)(self.ptr) };
+        }
+    }
 }
 
 /// One kernel argument, passed by value.

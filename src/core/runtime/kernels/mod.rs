@@ -9,6 +9,8 @@
 mod cpu;
 mod cuda;
 
+pub(crate) use cuda::DeviceBuffer;
+
 use half::bf16;
 use ort::operator::{
     BoxedKernel, ComputeContext, KernelContext, Operator, OperatorDomain, OperatorInput,
