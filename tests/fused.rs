@@ -32,11 +32,14 @@ impl SamplerObserver for Results {
     }
 }
 
-/// Three chunks of the diffusers fixture's stream (its draws injected): latents per chunk and all frames.
+/// Latents per chunk (`chunk{k}.result`) and every frame of a generated stream.
+type Generated = (BTreeMap<String, Array5<f32>>, Vec<Vec<u8>>);
+
+/// Three chunks of the diffusers fixture's stream (its draws injected).
 fn generate(
     dir: &std::path::Path,
     config: &RuntimeConfig,
-) -> Result<(BTreeMap<String, Array5<f32>>, Vec<Vec<u8>>), Box<dyn std::error::Error>> {
+) -> Result<Generated, Box<dyn std::error::Error>> {
     let fixture = load_fixture(&common::root().join("tests/fixtures/helios-tiny/t2v.safetensors"))?;
     let mut model = HeliosModel::load(dir, config)?;
     let mut noise = common::fixture_noise(&fixture, 3);
