@@ -26,6 +26,7 @@
 //! - `--prompt NAME`        bank prompt when no `prompt_embeds` is injected (default: the bank's first)
 //! - `--seed N`             seed when no noise is injected (default 0)
 //! - `--strict-placement`   fail if ONNX Runtime would put any node on the CPU (GPU providers)
+//! - `--arena exact|double` how ONNX Runtime's CUDA arena grows (`CudaOptions::arena_exact_growth`; default double)
 //! - `--cuda-graph PATTERN` capture CUDA graphs for these graph keys (`dmd_step_*`, repeatable; unverified)
 //! - `--tf32 PATTERN=on|off` per-graph TF32 override (repeatable)
 //! - `--trt-cache DIR`      TensorRT engine cache for `--provider trt` (default `.trt-cache`)
@@ -100,6 +101,7 @@ struct Args {
     prompt: Option<String>,
     seed: u64,
     strict: bool,
+    arena_exact: bool,
     graphs: BTreeMap<String, GraphOptions>,
     trt_cache: PathBuf,
 }
@@ -120,6 +122,7 @@ fn parse_args() -> Result<Args, String> {
         prompt: None,
         seed: 0,
         strict: false,
+        arena_exact: false,
         graphs: BTreeMap::new(),
         trt_cache: PathBuf::from(".trt-cache"),
     };
@@ -154,6 +157,13 @@ fn parse_args() -> Result<Args, String> {
             "--prompt" => a.prompt = Some(value()?),
             "--seed" => a.seed = num(value()?)?,
             "--strict-placement" => a.strict = true,
+            "--arena" => {
+                a.arena_exact = match value()?.as_str() {
+                    "exact" => true,
+                    "double" => false,
+                    other => return Err(format!("--arena exact|double, not {other}")),
+                }
+            }
             "--cuda-graph" => {
                 let key = value()?;
                 a.graphs.entry(key).or_default().cuda_graph = Some(true);
@@ -413,7 +423,10 @@ fn diff(a: &[f32], b: &[f32]) -> (f64, f64, f64, f64) {
 }
 
 fn providers(args: &Args) -> Result<Vec<Provider>, String> {
-    let cuda = Provider::Cuda(CudaOptions::default());
+    let cuda = Provider::Cuda(CudaOptions {
+        arena_exact_growth: args.arena_exact,
+        ..CudaOptions::default()
+    });
     Ok(match args.provider.as_str() {
         "cuda" => vec![cuda],
         "cpu" => vec![Provider::Cpu],
@@ -703,6 +716,7 @@ fn main() -> Result<(), Error> {
             Json::Str(if args.amplify { "amplify" } else { "fast" }.into()),
         ),
         ("injected_noise", Json::Bool(inject.is_some())),
+        ("arena_exact_growth", Json::Bool(args.arena_exact)),
         ("session_create_ms", num(session_create_ms)),
         (
             "shared_weight_bytes",

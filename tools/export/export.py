@@ -1470,8 +1470,15 @@ def run_graphs(args, source: ModelSource, argv: list[str]) -> bool:
                                       translation_table=fused.translation_table(fused_mode, transformer, args.opset),
                                       name_blocks=True)
         else:
+            unoptimized_vae = args.no_optimize_vae and key.startswith("vae")
             external = export_one(module, export_args, [n for n, _, _ in ins], [n for n, _, _ in outs], path,
-                                  args.opset, threshold, optimize=not (args.no_optimize_vae and key.startswith("vae")))
+                                  args.opset, threshold, optimize=not unoptimized_vae)
+            if unoptimized_vae:
+                # What the optimizer would have folded: chunk() as SplitToSequence, which runs on the CPU under
+                # onnxruntime's CUDA provider.
+                import vae_fused
+
+                log(f"{key}: {vae_fused.split_file(path)}")
         exported[key] = (time.time() - t0, external)
         log(f"exported {key} in {exported[key][0]:.1f}s" + (" (external data)" if external else ""))
     if args.export_only:

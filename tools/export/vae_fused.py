@@ -142,16 +142,126 @@ def fold_silu(model) -> int:
     return folded
 
 
+def split_sequences(model) -> int:
+    """Rewrites `SplitToSequence(x, split)` whose every consumer is a `SequenceAt` at a constant position into one
+    `Split` with an output per chunk. Returns the number of rewritten nodes; `model` is edited in place.
+
+    Why: without the onnxscript optimizer (`export.py --no-optimize-vae`, the full-size export) the exporter writes
+    `chunk()` in the VAE's attention blocks as SplitToSequence + SequenceAt. onnxruntime's CUDA provider has no
+    SplitToSequence kernel, so those nodes ran on the CPU with a device round trip each (9 per decode, measured on
+    the H100 at 40 layers: tools/bench/results/sbs_h100_fused_L40/profile_table.md). The chunk sizes come from the
+    split input (a 1-D constant) or, for a scalar chunk size, from the inferred static shape of `x`; anything else
+    is left as it is."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = model.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    initializers = {i.name: i for i in graph.initializer}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    graph_outputs = {o.name for o in graph.output}
+
+    def constant(name):
+        if name in initializers:
+            return numpy_helper.to_array(initializers[name])
+        node = producers.get(name)
+        if node is not None and node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    return numpy_helper.to_array(a.t)
+        return None
+
+    shapes = None
+    rewritten = 0
+    replace: dict[int, list] = {}
+    renames: dict[str, str] = {}
+    for node in graph.node:
+        if node.op_type != "SplitToSequence" or node.domain not in ("", "ai.onnx"):
+            continue
+        seq = node.output[0]
+        users = consumers.get(seq, [])
+        if seq in graph_outputs or not users or any(u.op_type != "SequenceAt" for u in users):
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        axis = int(attrs.get("axis", 0))
+        split = constant(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+        if split is None or split.ndim > 1:
+            continue
+        if split.ndim == 1:
+            sizes = [int(v) for v in split]
+        else:
+            if shapes is None:
+                inferred = onnx.shape_inference.infer_shapes(model)
+                shapes = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.input)}
+            info = shapes.get(node.input[0])
+            dims = info.type.tensor_type.shape.dim if info is not None else []
+            if not dims or not dims[axis].HasField("dim_value"):
+                continue
+            total, chunk = dims[axis].dim_value, int(split)
+            if chunk <= 0:
+                continue
+            sizes = [chunk] * (total // chunk) + ([total % chunk] if total % chunk else [])
+        found = [constant(u.input[1]) for u in users]
+        if any(p is None or p.size != 1 for p in found):
+            continue
+        positions = [int(p.reshape(())) for p in found]
+        if any(not -len(sizes) <= p < len(sizes) for p in positions):
+            continue
+        positions = [p % len(sizes) for p in positions]
+        outs = [f"{seq}__part{i}" for i in range(len(sizes))]
+        sizes_name = f"{seq}__sizes"
+        graph.initializer.append(numpy_helper.from_array(np.array(sizes, dtype=np.int64), sizes_name))
+        split_node = onnx.helper.make_node("Split", [node.input[0], sizes_name], outs, name=f"{node.name}__split",
+                                           axis=axis)
+        replace[id(node)] = [split_node]
+        for user, pos in zip(users, positions):
+            replace[id(user)] = []
+            renames[user.output[0]] = outs[pos]
+        rewritten += 1
+    if not rewritten:
+        return 0
+    nodes = []
+    for n in graph.node:
+        nodes.extend(replace.get(id(n), [n]))
+    for n in nodes:
+        for k, name in enumerate(n.input):
+            if name in renames:
+                n.input[k] = renames[name]
+    for o in graph.output:
+        if o.name in renames:
+            # A SequenceAt result that is a graph output keeps its name through an Identity.
+            nodes.append(onnx.helper.make_node("Identity", [renames[o.name]], [o.name]))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return rewritten
+
+
+def split_file(path) -> str:
+    """`split_sequences` on a saved graph (external data stays where it is); returns a summary line."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    splits = split_sequences(model)
+    if splits:
+        onnx.save(model, str(path))
+    return f"{splits} SplitToSequence nodes made Split"
+
+
 def fuse_file(path) -> str:
-    """`fold_silu` on a saved graph (its external data, if any, stays where it is); returns a summary line."""
+    """`fold_silu` and `split_sequences` on a saved graph (its external data, if any, stays where it is); returns a
+    summary line."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
     folded = fold_silu(model)
+    splits = split_sequences(model)
     onnx.save(model, str(path))
     ops = count_ops(model)
     return (f"{ops.get(f'{DOMAIN}::{OP}', 0)} ChannelRmsNorm nodes, {folded} with the SiLU folded in; "
-            f"{len(model.graph.node)} nodes")
+            f"{splits} SplitToSequence nodes made Split; {len(model.graph.node)} nodes")
 
 
 def count_ops(model) -> dict[str, int]:

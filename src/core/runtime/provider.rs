@@ -61,6 +61,10 @@ pub struct CudaOptions {
     pub memory_limit: Option<usize>,
     /// Capture CUDA graphs for graphs without a per-graph choice (static shapes only; see [`GraphOptions`]).
     pub cuda_graph: bool,
+    /// Grow ONNX Runtime's device memory arena by exactly what a request needs (`kSameAsRequested`) rather
+    /// than by doubling (its default, `kNextPowerOfTwo`): a lower peak of GPU memory, at the cost of more
+    /// allocations while the first chunks run. BENCHMARKS.md has both measured.
+    pub arena_exact_growth: bool,
 }
 
 /// Per-graph choices that override the provider's options, keyed in [`RuntimeConfig::graphs`] by graph key
@@ -191,13 +195,16 @@ impl Provider {
         }
     }
 
-    fn cuda(device_id: i32, tf32: bool, cuda_graph: bool, memory_limit: Option<usize>) -> ep::CUDA {
+    fn cuda(device_id: i32, tf32: bool, cuda_graph: bool, arena: Option<&CudaOptions>) -> ep::CUDA {
         let mut cuda = ep::CUDA::default()
             .with_device_id(device_id)
             .with_tf32(tf32)
             .with_cuda_graph(cuda_graph);
-        if let Some(limit) = memory_limit {
+        if let Some(limit) = arena.and_then(|o| o.memory_limit) {
             cuda = cuda.with_memory_limit(limit);
+        }
+        if arena.is_some_and(|o| o.arena_exact_growth) {
+            cuda = cuda.with_arena_extend_strategy(ep::ArenaExtendStrategy::SameAsRequested);
         }
         cuda
     }
@@ -231,7 +238,7 @@ impl Provider {
                 ]
             }
             Provider::Cuda(o) => vec![
-                Self::cuda(o.device_id, tf32, cuda_graph, o.memory_limit)
+                Self::cuda(o.device_id, tf32, cuda_graph, Some(o))
                     .build()
                     .error_on_failure(),
             ],

@@ -112,7 +112,28 @@ pub(crate) fn bias_rms_norm_rope<T: Elem>(
     eps: f32,
     y: &mut [T],
 ) {
-    let mut q = vec![0.0f32; d];
+    // One row of f32 scratch a thread, kept between calls: a node's call allocates nothing once warm.
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with_borrow_mut(|q| {
+        q.clear();
+        q.resize(d, 0.0);
+        bias_rms_norm_rope_rows(x, d, bias, weight, rope, eps, q, y);
+    });
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bias_rms_norm_rope_rows<T: Elem>(
+    x: &[T],
+    d: usize,
+    bias: Option<&[T]>,
+    weight: Option<&[T]>,
+    rope: Option<(&[f32], usize)>,
+    eps: f32,
+    q: &mut [f32],
+    y: &mut [T],
+) {
     for (row, (xr, yr)) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)).enumerate() {
         for j in 0..d {
             q[j] = match bias {

@@ -88,7 +88,7 @@ impl Driver {
         })
     }
 
-    fn check(&self, what: &str, code: CuResult) -> Result<(), String> {
+    fn check(&self, what: impl std::fmt::Display, code: CuResult) -> Result<(), String> {
         if code == 0 {
             return Ok(());
         }
@@ -288,6 +288,35 @@ impl Drop for DeviceBuffer {
     }
 }
 
+/// The most arguments a kernel of `helios_ops.cu` takes.
+pub(crate) const MAX_ARGS: usize = 16;
+
+/// A kernel's arguments, on the stack.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ArgList {
+    len: usize,
+    args: [Arg; MAX_ARGS],
+}
+
+impl ArgList {
+    /// The arguments `args`, in the kernel's parameter order; an error past [`MAX_ARGS`].
+    pub(crate) fn new(args: &[Arg]) -> Result<Self, String> {
+        let mut list = Self {
+            len: args.len(),
+            args: [Arg::I32(0); MAX_ARGS],
+        };
+        list.args
+            .get_mut(..args.len())
+            .ok_or_else(|| format!("{} kernel arguments, at most {MAX_ARGS}", args.len()))?
+            .copy_from_slice(args);
+        Ok(list)
+    }
+
+    fn as_slice(&self) -> &[Arg] {
+        &self.args[..self.len]
+    }
+}
+
 /// One kernel argument, passed by value.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Arg {
@@ -308,29 +337,30 @@ pub(crate) fn launch(
     grid: u32,
     block: u32,
     stream: *mut c_void,
-    args: &[Arg],
+    args: &ArgList,
 ) -> Result<(), String> {
     let drv = driver()?;
     let ctx = drv.current_context(device)?;
     let f = function(drv, ctx, name)?;
-    // The driver reads each argument through a pointer to its value; keep the values alive here.
-    let mut values: Vec<u64> = args
-        .iter()
-        .map(|a| match *a {
+    // The driver reads each argument through a pointer to its value; keep the values alive here (on the
+    // stack: a launch allocates nothing).
+    let mut values = [0u64; MAX_ARGS];
+    for (value, arg) in values.iter_mut().zip(args.as_slice()) {
+        *value = match *arg {
             Arg::Ptr(p) => p as u64,
             Arg::I32(v) => u64::from(v as u32),
             Arg::I64(v) => v as u64,
             Arg::F32(v) => u64::from(v.to_bits()),
-        })
-        .collect();
-    let mut params: Vec<*mut c_void> = values
-        .iter_mut()
-        .map(|v| (v as *mut u64).cast::<c_void>())
-        .collect();
-    // SAFETY: `params` holds one pointer per kernel parameter, in order; on this little-endian target the
-    // low bytes of each u64 are the int/float/pointer value the kernel's parameter expects. The stream is
-    // ONNX Runtime's, valid for the duration of the node's compute call.
-    drv.check(&format!("launching {name}"), unsafe {
+        };
+    }
+    let mut params = [std::ptr::null_mut::<c_void>(); MAX_ARGS];
+    for (param, value) in params.iter_mut().zip(values.iter_mut()) {
+        *param = (value as *mut u64).cast::<c_void>();
+    }
+    // SAFETY: `params` holds one pointer per kernel parameter, in order (the kernel reads only as many as it
+    // declares); on this little-endian target the low bytes of each u64 are the int/float/pointer value the
+    // kernel's parameter expects. The stream is ONNX Runtime's, valid for the duration of the node's call.
+    drv.check(format_args!("launching {name}"), unsafe {
         (drv.launch_kernel)(
             f,
             grid,

@@ -160,7 +160,8 @@ __device__ void modulated_layer_norm(const T* x, T* y, const float* mods, const 
     }
 }
 
-// BiasRmsNormRope: one block per row. VEC is even, so each thread's values hold whole (even, odd) pairs.
+// BiasRmsNormRope: one block per row. With VEC = 8 each thread's values hold whole (even, odd) pairs; the scalar
+// variant recomputes the partner of its one value.
 template <typename T, int VEC>
 __device__ void bias_rms_norm_rope(const T* x, const T* bias, const T* weight, const float* rope, T* y, int D,
                                    int head_dim, float eps) {
@@ -196,9 +197,19 @@ __device__ void bias_rms_norm_rope(const T* x, const T* bias, const T* weight, c
 #pragma unroll
             for (int k = 0; k < VEC; ++k) v[k] = Io<T>::rnd(v[k] * r);
         }
-        if (rr) {
+        if (rr && VEC == 1) {
+            // Scalar: the thread holds one value of its (even, odd) pair; the partner's normalised value is
+            // recomputed from X (same operations, same rounding) rather than exchanged.
+            const int jp = j ^ 1;
+            float p = Io<T>::ld(xr, jp);
+            if (bias) p = Io<T>::rnd(p + Io<T>::ld(bias, jp));
+            p = weight ? Io<T>::rnd((p * r) * Io<T>::ld(weight, jp)) : Io<T>::rnd(p * r);
+            const int h = (j & ~1) % head_dim;
+            const float c = rr[h], sn = rr[head_dim + h + 1];
+            v[0] = (j & 1) ? p * sn + v[0] * c : v[0] * c - p * sn;
+        } else if (rr) {
 #pragma unroll
-            for (int k = 0; k < VEC; k += 2) {
+            for (int k = 0; k + 1 < VEC; k += 2) {
                 const int h = (j + k) % head_dim;
                 const float c = rr[h], sn = rr[head_dim + h + 1];
                 const float e = v[k], o = v[k + 1];

@@ -8,6 +8,7 @@
 
 mod cpu;
 mod cuda;
+mod io;
 
 pub(crate) use cuda::DeviceBuffer;
 
@@ -16,7 +17,9 @@ use ort::operator::{
     BoxedKernel, ComputeContext, KernelContext, Operator, OperatorDomain, OperatorInput,
     OperatorOutput,
 };
-use ort::value::{DynTensorValueType, TensorElementType, ValueRef};
+use ort::value::TensorElementType;
+
+use io::{Dims, Tensor};
 
 use super::provider::Provider;
 
@@ -52,6 +55,15 @@ impl OpKind {
             OpKind::TailResidual => "TailResidual",
             OpKind::BiasGeluTanh => "BiasGeluTanh",
             OpKind::ChannelRmsNorm => "ChannelRmsNorm",
+        }
+    }
+
+    /// Number of inputs (required and optional).
+    fn input_count(self) -> usize {
+        match self {
+            OpKind::ModulatedLayerNorm | OpKind::BiasRmsNormRope | OpKind::GatedResidual => 4,
+            OpKind::TailResidual | OpKind::ChannelRmsNorm => 3,
+            OpKind::BiasGeluTanh => 2,
         }
     }
 
@@ -237,35 +249,11 @@ pub fn gpu_memory(device: i32) -> Result<(usize, usize), String> {
     cuda::memory_info(device)
 }
 
-/// One input of a node: its shape and value.
-struct Input<'a> {
-    shape: Vec<usize>,
-    value: ValueRef<'a, DynTensorValueType>,
-}
+/// The most inputs an operator of the domain takes.
+const MAX_INPUTS: usize = 4;
 
-impl Input<'_> {
-    fn len(&self) -> usize {
-        self.shape.iter().product()
-    }
-}
-
-fn input<'a>(ctx: &'a ComputeContext, idx: usize) -> Result<Option<Input<'a>>, String> {
-    if idx >= ctx.num_inputs().map_err(|e| e.to_string())? {
-        return Ok(None);
-    }
-    let Some(value) = ctx.input(idx).map_err(|e| e.to_string())? else {
-        return Ok(None);
-    };
-    let value = value
-        .downcast::<DynTensorValueType>()
-        .map_err(|e| format!("input {idx} is not a tensor: {e}"))?;
-    let shape = value
-        .shape()
-        .iter()
-        .map(|&d| usize::try_from(d).map_err(|_| format!("input {idx} has a negative dimension")))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Some(Input { shape, value }))
-}
+/// A node's inputs, absent ones `None`.
+type Inputs<'a> = [Option<Tensor<'a>>; MAX_INPUTS];
 
 /// The validated geometry of one node's call.
 struct Plan {
@@ -277,7 +265,7 @@ struct Plan {
     /// Rows of the main input.
     rows: usize,
     /// Output shape.
-    out_shape: Vec<usize>,
+    out_shape: Dims,
     /// Groups and rows per group of the modulation table (0, 0 without one).
     groups: usize,
     per_group: usize,
@@ -295,7 +283,7 @@ fn index(value: i64, limit: usize, what: &str) -> Result<usize, String> {
 }
 
 /// Checks shapes and attributes against the spec; returns the geometry.
-fn plan(kind: OpKind, a: &Attrs, ins: &[Option<Input<'_>>]) -> Result<Plan, String> {
+fn plan(kind: OpKind, a: &Attrs, ins: &Inputs<'_>) -> Result<Plan, String> {
     let x = ins[0].as_ref().ok_or("input 0 is required")?;
     want(!x.shape.is_empty(), || {
         "input 0 must have at least one dimension".into()
@@ -328,7 +316,7 @@ fn plan(kind: OpKind, a: &Attrs, ins: &[Option<Input<'_>>]) -> Result<Plan, Stri
             None => Ok((0, 0)),
         }
     };
-    let mut out_shape = x.shape.clone();
+    let mut out_shape = x.shape;
     let (mut groups, mut per_group) = (0, 0);
     match kind {
         OpKind::ModulatedLayerNorm => {
@@ -428,10 +416,10 @@ fn compute(
     a: &Attrs,
     ctx: &ComputeContext,
 ) -> Result<(), String> {
-    let count = kind.inputs(TensorElementType::Float32).len();
-    let ins = (0..count)
-        .map(|i| input(ctx, i))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut ins: Inputs<'_> = Default::default();
+    for (i, slot) in ins.iter_mut().enumerate().take(kind.input_count()) {
+        *slot = io::input(ctx, i).map_err(|e| format!("input {i}: {e}"))?;
+    }
     let p = plan(kind, a, &ins)?;
     match place {
         Place::Cpu if bf => run_cpu::<bf16>(kind, a, &p, &ins, ctx),
@@ -440,35 +428,26 @@ fn compute(
     }
 }
 
-fn host<'a, T: ort::value::PrimitiveTensorElementType + std::fmt::Debug>(
-    ins: &'a [Option<Input<'_>>],
+fn host<'a, T: ort::value::PrimitiveTensorElementType>(
+    ins: &Inputs<'a>,
     i: usize,
 ) -> Result<Option<&'a [T]>, String> {
     ins[i]
         .as_ref()
-        .map(|v| {
-            v.value
-                .try_extract_tensor::<T>()
-                .map(|(_, data)| data)
-                .map_err(|e| format!("input {i}: {e}"))
-        })
+        .map(|v| v.host::<T>().map_err(|e| format!("input {i}: {e}")))
         .transpose()
 }
 
-fn run_cpu<T: cpu::Elem + ort::value::PrimitiveTensorElementType + std::fmt::Debug>(
+fn run_cpu<T: cpu::Elem + ort::value::PrimitiveTensorElementType>(
     kind: OpKind,
     a: &Attrs,
     p: &Plan,
-    ins: &[Option<Input<'_>>],
+    ins: &Inputs<'_>,
     ctx: &ComputeContext,
 ) -> Result<(), String> {
     let x = host::<T>(ins, 0)?.ok_or("input 0 is required")?;
-    let mut out = ctx
-        .output(0, p.out_shape.clone())
-        .map_err(|e| e.to_string())?
-        .ok_or("no output 0")?;
-    let (_, y) = out
-        .try_extract_tensor_mut::<T>()
+    let y = io::output(ctx, 0, &p.out_shape)?
+        .host_mut::<T>()
         .map_err(|e| format!("output: {e}"))?;
     let mods = |i: usize| -> Result<Option<cpu::Mods<'_>>, String> {
         Ok(host::<f32>(ins, i)?.map(|data| cpu::Mods {
@@ -551,20 +530,14 @@ fn run_cuda(
     bf: bool,
     a: &Attrs,
     p: &Plan,
-    ins: &[Option<Input<'_>>],
+    ins: &Inputs<'_>,
     ctx: &ComputeContext,
 ) -> Result<(), String> {
     use cuda::Arg;
-    let ptr = |i: usize| ins[i].as_ref().map_or(0, |v| v.value.data_ptr() as usize);
-    let out = ctx
-        .output(0, p.out_shape.clone())
-        .map_err(|e| e.to_string())?
-        .ok_or("no output 0")?
-        .downcast::<DynTensorValueType>()
-        .map_err(|e| format!("output: {e}"))?;
-    // The output's device address (ort hands out the pointer of a mutable tensor through `data_ptr`).
-    let y = out.data_ptr() as usize;
-    let out_len: usize = p.out_shape.iter().product();
+    let ptr = |i: usize| ins[i].as_ref().map_or(0, Tensor::addr);
+    // The output's device address.
+    let y = io::output(ctx, 0, &p.out_shape)?.addr();
+    let out_len = p.out_shape.numel();
     if out_len == 0 {
         return Ok(());
     }
@@ -597,7 +570,7 @@ fn run_cuda(
         OpKind::ModulatedLayerNorm => (
             int(p.rows - a.row_begin as usize)? as u32,
             row_block(p.d, width),
-            vec![
+            cuda::ArgList::new(&[
                 Arg::Ptr(ptr(0)),
                 Arg::Ptr(y),
                 Arg::Ptr(ptr(1)),
@@ -611,12 +584,12 @@ fn run_cuda(
                 Arg::I32(a.shift.max(-1) as i32),
                 Arg::I32(a.scale.max(-1) as i32),
                 Arg::F32(a.eps),
-            ],
+            ]),
         ),
         OpKind::BiasRmsNormRope => (
             int(p.rows)? as u32,
             row_block(p.d, width),
-            vec![
+            cuda::ArgList::new(&[
                 Arg::Ptr(ptr(0)),
                 Arg::Ptr(ptr(1)),
                 Arg::Ptr(ptr(2)),
@@ -625,14 +598,14 @@ fn run_cuda(
                 Arg::I32(d),
                 Arg::I32(int(a.head_dim.max(0) as usize)?),
                 Arg::F32(a.eps),
-            ],
+            ]),
         ),
         OpKind::GatedResidual => {
             let (g, b) = elementwise(out_len);
             (
                 g,
                 b,
-                vec![
+                cuda::ArgList::new(&[
                     Arg::Ptr(ptr(0)),
                     Arg::Ptr(ptr(1)),
                     Arg::Ptr(ptr(2)),
@@ -644,16 +617,16 @@ fn run_cuda(
                     Arg::I32(int(p.groups)?),
                     Arg::I32(int(p.per_group)?),
                     Arg::I32(a.gate as i32),
-                ],
+                ]),
             )
         }
         OpKind::TailResidual => {
             let (g, b) = elementwise(out_len);
-            let tail = ins[1].as_ref().map_or(0, Input::len);
+            let tail = ins[1].as_ref().map_or(0, Tensor::len);
             (
                 g,
                 b,
-                vec![
+                cuda::ArgList::new(&[
                     Arg::Ptr(ptr(0)),
                     Arg::Ptr(ptr(1)),
                     Arg::Ptr(ptr(2)),
@@ -661,7 +634,7 @@ fn run_cuda(
                     Arg::I64(out_len as i64),
                     Arg::I32(d),
                     Arg::I64((out_len - tail) as i64),
-                ],
+                ]),
             )
         }
         OpKind::BiasGeluTanh => {
@@ -669,13 +642,13 @@ fn run_cuda(
             (
                 g,
                 b,
-                vec![
+                cuda::ArgList::new(&[
                     Arg::Ptr(ptr(0)),
                     Arg::Ptr(ptr(1)),
                     Arg::Ptr(y),
                     Arg::I64(out_len as i64),
                     Arg::I32(d),
-                ],
+                ]),
             )
         }
         OpKind::ChannelRmsNorm => {
@@ -687,7 +660,7 @@ fn run_cuda(
             (
                 grid,
                 256,
-                vec![
+                cuda::ArgList::new(&[
                     Arg::Ptr(ptr(0)),
                     Arg::Ptr(ptr(1)),
                     Arg::Ptr(ptr(2)),
@@ -698,11 +671,11 @@ fn run_cuda(
                     Arg::F32(a.scale_value),
                     Arg::F32(a.eps),
                     Arg::I32(i32::from(a.silu)),
-                ],
+                ]),
             )
         }
     };
-    cuda::launch(name, device, grid, block, stream, &args)
+    cuda::launch(name, device, grid, block, stream, &args?)
 }
 
 #[cfg(test)]
@@ -722,6 +695,18 @@ mod tests {
             first.contains(&sum),
             "helios_ops.ptx was built from another helios_ops.cu (run tools/kernels/build_ptx.sh): {first}"
         );
+    }
+
+    #[test]
+    fn input_counts_match_the_schemas() {
+        for kind in OPS {
+            assert_eq!(
+                kind.input_count(),
+                kind.inputs(TensorElementType::Float32).len(),
+                "{kind:?}"
+            );
+            assert!(kind.input_count() <= MAX_INPUTS);
+        }
     }
 
     #[test]
