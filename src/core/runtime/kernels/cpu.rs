@@ -119,54 +119,40 @@ pub(crate) fn bias_rms_norm_rope<T: Elem>(
     SCRATCH.with_borrow_mut(|q| {
         q.clear();
         q.resize(d, 0.0);
-        bias_rms_norm_rope_rows(x, d, bias, weight, rope, eps, q, y);
+        for (row, (xr, yr)) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)).enumerate() {
+            for j in 0..d {
+                q[j] = match bias {
+                    Some(b) => T::rf(xr[j].f() + b[j].f()),
+                    None => xr[j].f(),
+                };
+            }
+            let ms = q.iter().map(|v| v * v).sum::<f32>() / d as f32;
+            let r = 1.0 / (ms + eps).sqrt();
+            for j in 0..d {
+                q[j] = match weight {
+                    Some(w) => T::rf((q[j] * r) * w[j].f()),
+                    None => T::rf(q[j] * r),
+                };
+            }
+            match rope {
+                Some((table, head_dim)) => {
+                    let rr = &table[row * 2 * head_dim..(row + 1) * 2 * head_dim];
+                    for j in (0..d).step_by(2) {
+                        let k = j % head_dim;
+                        let (c, s) = (rr[k], rr[head_dim + k + 1]);
+                        let (e, o) = (q[j], q[j + 1]);
+                        yr[j] = T::r(e * c - o * s);
+                        yr[j + 1] = T::r(e * s + o * c);
+                    }
+                }
+                None => {
+                    for j in 0..d {
+                        yr[j] = T::r(q[j]);
+                    }
+                }
+            }
+        }
     });
-}
-
-#[allow(clippy::too_many_arguments)]
-fn bias_rms_norm_rope_rows<T: Elem>(
-    x: &[T],
-    d: usize,
-    bias: Option<&[T]>,
-    weight: Option<&[T]>,
-    rope: Option<(&[f32], usize)>,
-    eps: f32,
-    q: &mut [f32],
-    y: &mut [T],
-) {
-    for (row, (xr, yr)) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)).enumerate() {
-        for j in 0..d {
-            q[j] = match bias {
-                Some(b) => T::rf(xr[j].f() + b[j].f()),
-                None => xr[j].f(),
-            };
-        }
-        let ms = q.iter().map(|v| v * v).sum::<f32>() / d as f32;
-        let r = 1.0 / (ms + eps).sqrt();
-        for j in 0..d {
-            q[j] = match weight {
-                Some(w) => T::rf((q[j] * r) * w[j].f()),
-                None => T::rf(q[j] * r),
-            };
-        }
-        match rope {
-            Some((table, head_dim)) => {
-                let rr = &table[row * 2 * head_dim..(row + 1) * 2 * head_dim];
-                for j in (0..d).step_by(2) {
-                    let k = j % head_dim;
-                    let (c, s) = (rr[k], rr[head_dim + k + 1]);
-                    let (e, o) = (q[j], q[j + 1]);
-                    yr[j] = T::r(e * c - o * s);
-                    yr[j + 1] = T::r(e * s + o * c);
-                }
-            }
-            None => {
-                for j in 0..d {
-                    yr[j] = T::r(q[j]);
-                }
-            }
-        }
-    }
 }
 
 /// `a + bias`, rounded as the Linear's output tensor would be.

@@ -173,7 +173,7 @@ fn function(drv: &Driver, ctx: CuContext, name: &'static str) -> Result<CuFuncti
     let cname = CString::new(name).map_err(|e| e.to_string())?;
     let mut f: CuFunction = std::ptr::null_mut();
     // SAFETY: `module` is a loaded module of this context; `cname` is NUL-terminated.
-    drv.check(&format!("cuModuleGetFunction({name})"), unsafe {
+    drv.check(format_args!("cuModuleGetFunction({name})"), unsafe {
         (drv.module_get_function)(&mut f, module, cname.as_ptr())
     })?;
     functions()
@@ -217,7 +217,7 @@ impl DeviceBuffer {
         drv.current_context(device)?;
         let mut ptr = 0u64;
         // SAFETY: an out-parameter; the size is the host slice's.
-        drv.check(&format!("cuMemAlloc({} bytes)", host.len()), unsafe {
+        drv.check(format_args!("cuMemAlloc({} bytes)", host.len()), unsafe {
             (drv.mem_alloc)(&mut ptr, host.len().max(1))
         })?;
         let buffer = Self {
