@@ -26,8 +26,8 @@
 //! - `--prompt NAME`        bank prompt when no `prompt_embeds` is injected (default: the bank's first)
 //! - `--seed N`             seed when no noise is injected (default 0)
 //! - `--strict-placement`   fail if ONNX Runtime would put any node on the CPU (GPU providers)
-//! - `--arena exact|double` how ONNX Runtime's CUDA arena grows (`CudaOptions::arena_exact_growth`; default double)
-//! - `--cuda-graph PATTERN` capture CUDA graphs for these graph keys (`dmd_step_*`, repeatable; unverified)
+//! - `--arena exact|double` how ONNX Runtime's CUDA arenas grow (`CudaOptions::arena_exact_growth`; default exact)
+//! - `--cuda-graph PATTERN` capture CUDA graphs for these graph keys (`dmd_step_*`, repeatable; measured in BENCHMARKS.md)
 //! - `--tf32 PATTERN=on|off` per-graph TF32 override (repeatable)
 //! - `--trt-cache DIR`      TensorRT engine cache for `--provider trt` (default `.trt-cache`)
 #![expect(clippy::print_stdout, reason = "a command-line tool reports on stdout")]
@@ -122,7 +122,7 @@ fn parse_args() -> Result<Args, String> {
         prompt: None,
         seed: 0,
         strict: false,
-        arena_exact: false,
+        arena_exact: CudaOptions::default().arena_exact_growth,
         graphs: BTreeMap::new(),
         trt_cache: PathBuf::from(".trt-cache"),
     };

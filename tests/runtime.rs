@@ -469,3 +469,25 @@ fn per_graph_options_parse_and_resolve() -> TestResult {
     );
     Ok(())
 }
+
+#[test]
+fn cuda_arenas_grow_exactly_unless_configured_otherwise() -> TestResult {
+    let Provider::Cuda(defaults) =
+        &ron::from_str::<RuntimeConfig>("(providers: [Cuda(())])")?.providers[0]
+    else {
+        return Err("expected a CUDA provider".into());
+    };
+    assert!(
+        defaults.arena_exact_growth,
+        "exact growth is the default (lower peak, same speed)"
+    );
+    assert_eq!(defaults, &CudaOptions::default());
+    let Provider::Cuda(doubling) =
+        &ron::from_str::<RuntimeConfig>("(providers: [Cuda((arena_exact_growth: false))])")?
+            .providers[0]
+    else {
+        return Err("expected a CUDA provider".into());
+    };
+    assert!(!doubling.arena_exact_growth);
+    Ok(())
+}
