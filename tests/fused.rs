@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::collections::BTreeMap;
 
 use bevy_helios::core::model::HeliosModel;
@@ -15,6 +17,63 @@ use common::{load_fixture, max_abs_diff};
 use ndarray::Array5;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// Counts the heap allocations each thread makes. ONNX Runtime's CPU provider runs a node's kernel on the
+/// thread that runs the session, so a chunk's count on the test's thread includes every `com.helios` call.
+struct CountingAlloc;
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn count_one() {
+    // `try_with`: the allocator also serves threads whose locals are being torn down.
+    let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+}
+
+// SAFETY: forwards to the system allocator; counting touches a thread-local integer and never allocates.
+#[expect(
+    unsafe_code,
+    reason = "a counting global allocator needs `unsafe impl GlobalAlloc`"
+)]
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count_one();
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count_one();
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+/// Heap allocations this thread made for one steady chunk of `dir`'s model in the device loop (CPU provider),
+/// after two warm-up chunks.
+fn steady_chunk_allocations(dir: &std::path::Path) -> Result<u64, Box<dyn std::error::Error>> {
+    let config = RuntimeConfig {
+        device_loop: DeviceLoopMode::On,
+        ..RuntimeConfig::cpu()
+    };
+    let mut model = HeliosModel::load(dir, &config)?;
+    let mut state = model.new_stream(&StreamConfig::new(PromptWeights::one("day"), 42))?;
+    for _ in 0..2 {
+        model.next_chunk(&mut state)?;
+    }
+    let before = ALLOCATIONS.with(Cell::get);
+    let chunk = model.next_chunk(&mut state)?;
+    let count = ALLOCATIONS.with(Cell::get) - before;
+    drop(chunk);
+    Ok(count)
+}
 
 fn fused_model_dir() -> std::path::PathBuf {
     common::root().join("tests/fixtures/helios-tiny-fused")
@@ -118,6 +177,19 @@ fn fused_tiny_runs_in_the_device_loop() -> TestResult {
             "{name}: device loop and host loop differ by {err:e}"
         );
     }
+    Ok(())
+}
+
+#[test]
+fn fused_operators_allocate_nothing_per_call() -> TestResult {
+    // The same chunk with and without the `com.helios` operators (some 340 calls a chunk here): any host
+    // allocation inside a call would show as hundreds more. (The ort crate's safe accessors made ~13 a call.)
+    let fused = steady_chunk_allocations(&fused_model_dir())?;
+    let plain = steady_chunk_allocations(&common::tiny_model_dir())?;
+    assert!(
+        fused <= plain,
+        "a steady fused chunk made {fused} heap allocations, the unfused model {plain}"
+    );
     Ok(())
 }
 

@@ -180,22 +180,23 @@ unsafe fn describe<'a>(value: *mut ort::sys::OrtValue, what: &str) -> Result<Ten
     })
 }
 
-/// Input `idx` of the call; `None` when the node has fewer inputs or leaves this optional one out.
-pub(super) fn input(ctx: &ComputeContext, idx: usize) -> Result<Option<Tensor<'_>>, String> {
-    let api = ort::api();
+/// Number of inputs the node was given.
+pub(super) fn input_count(ctx: &ComputeContext) -> Result<usize, String> {
     let mut count = 0usize;
     // SAFETY: the call's context (valid for the borrow) and an out-parameter.
     check(
-        unsafe { (api.KernelContext_GetInputCount)(ctx.ptr(), &mut count) },
+        unsafe { (ort::api().KernelContext_GetInputCount)(ctx.ptr(), &mut count) },
         "input count",
     )?;
-    if idx >= count {
-        return Ok(None);
-    }
+    Ok(count)
+}
+
+/// Input `idx` (below [`input_count`]) of the call; `None` when the node leaves this optional one out.
+pub(super) fn input(ctx: &ComputeContext, idx: usize) -> Result<Option<Tensor<'_>>, String> {
     let mut value: *const ort::sys::OrtValue = std::ptr::null();
-    // SAFETY: as above; `idx` is below the input count.
+    // SAFETY: the call's context (valid for the borrow) and an out-parameter; ONNX Runtime checks `idx`.
     check(
-        unsafe { (api.KernelContext_GetInput)(ctx.ptr(), idx, &mut value) },
+        unsafe { (ort::api().KernelContext_GetInput)(ctx.ptr(), idx, &mut value) },
         "input",
     )?;
     if value.is_null() {

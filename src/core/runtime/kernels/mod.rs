@@ -416,8 +416,9 @@ fn compute(
     a: &Attrs,
     ctx: &ComputeContext,
 ) -> Result<(), String> {
+    let given = io::input_count(ctx)?.min(kind.input_count());
     let mut ins: Inputs<'_> = Default::default();
-    for (i, slot) in ins.iter_mut().enumerate().take(kind.input_count()) {
+    for (i, slot) in ins.iter_mut().enumerate().take(given) {
         *slot = io::input(ctx, i).map_err(|e| format!("input {i}: {e}"))?;
     }
     let p = plan(kind, a, &ins)?;
