@@ -263,15 +263,7 @@ impl DeviceBuffer {
                 &mut value,
             )
         };
-        if !status.0.is_null() {
-            // SAFETY: a status ONNX Runtime returned: read its message, then release it.
-            let message = unsafe { CStr::from_ptr((api.GetErrorMessage)(status.0)) }
-                .to_string_lossy()
-                .into_owned();
-            // SAFETY: as above.
-            unsafe { (api.ReleaseStatus)(status.0) };
-            return Err(format!("creating a tensor over device memory: {message}"));
-        }
+        super::io::check(status, "creating a tensor over device memory")?;
         let value = std::ptr::NonNull::new(value).ok_or("ONNX Runtime returned no tensor")?;
         // SAFETY: a valid OrtValue we own from here on; it owns no memory, so the allocator ort wants for
         // tensors is never used to free anything.

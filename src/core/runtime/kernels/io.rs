@@ -121,8 +121,8 @@ impl<'a> Tensor<'a> {
     }
 }
 
-/// Turns a status into a result, releasing it.
-fn check(status: ort::sys::OrtStatusPtr, what: &str) -> Result<(), String> {
+/// Turns a status ONNX Runtime returned into a result, releasing it.
+pub(super) fn check(status: ort::sys::OrtStatusPtr, what: &str) -> Result<(), String> {
     if status.0.is_null() {
         return Ok(());
     }
