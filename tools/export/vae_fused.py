@@ -100,6 +100,15 @@ def translation_table(opset: int) -> dict:
     return {torch.ops.helios.channel_rms_norm.default: helios_channel_rms_norm}
 
 
+def _consumers(graph) -> dict[str, list]:
+    """The nodes reading each value of `graph`."""
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    return consumers
+
+
 def fold_silu(model) -> int:
     """Rewrites `s = Sigmoid(y); z = Mul(y, s)` (either operand order) after a ChannelRmsNorm `y` into that node's
     `silu=1`, when `y` and `s` feed nothing else. `model` is an onnx ModelProto (edited in place); returns the
@@ -107,10 +116,7 @@ def fold_silu(model) -> int:
     import onnx
 
     graph = model.graph
-    consumers: dict[str, list] = {}
-    for n in graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = _consumers(graph)
     outputs = {o.name for o in graph.output}
     drop, folded = set(), 0
     for norm in graph.node:
@@ -158,10 +164,7 @@ def split_sequences(model) -> int:
     graph = model.graph
     producers = {o: n for n in graph.node for o in n.output}
     initializers = {i.name: i for i in graph.initializer}
-    consumers: dict[str, list] = {}
-    for n in graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = _consumers(graph)
     graph_outputs = {o.name for o in graph.output}
 
     def constant(name):

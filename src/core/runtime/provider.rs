@@ -207,15 +207,15 @@ impl Provider {
         }
     }
 
-    fn cuda(device_id: i32, tf32: bool, cuda_graph: bool, arena: Option<&CudaOptions>) -> ep::CUDA {
+    fn cuda(o: &CudaOptions, tf32: bool, cuda_graph: bool) -> ep::CUDA {
         let mut cuda = ep::CUDA::default()
-            .with_device_id(device_id)
+            .with_device_id(o.device_id)
             .with_tf32(tf32)
             .with_cuda_graph(cuda_graph);
-        if let Some(limit) = arena.and_then(|o| o.memory_limit) {
+        if let Some(limit) = o.memory_limit {
             cuda = cuda.with_memory_limit(limit);
         }
-        if arena.is_some_and(|o| o.arena_exact_growth) {
+        if o.arena_exact_growth {
             cuda = cuda.with_arena_extend_strategy(ep::ArenaExtendStrategy::SameAsRequested);
         }
         cuda
@@ -244,16 +244,21 @@ impl Provider {
                 }
                 vec![
                     trt.build().error_on_failure(),
-                    Self::cuda(o.device_id, tf32, false, None)
-                        .build()
-                        .error_on_failure(),
-                ]
-            }
-            Provider::Cuda(o) => vec![
-                Self::cuda(o.device_id, tf32, cuda_graph, Some(o))
+                    // ONNX Runtime's own arena growth behind TensorRT: exact growth was only measured on CUDA.
+                    Self::cuda(
+                        &CudaOptions {
+                            device_id: o.device_id,
+                            arena_exact_growth: false,
+                            ..CudaOptions::default()
+                        },
+                        tf32,
+                        false,
+                    )
                     .build()
                     .error_on_failure(),
-            ],
+                ]
+            }
+            Provider::Cuda(o) => vec![Self::cuda(o, tf32, cuda_graph).build().error_on_failure()],
             Provider::Cpu => Vec::new(),
         }
     }
