@@ -15,17 +15,22 @@
 //! ```
 //!
 //! Flags:
-//! - `--frames N`: scripted run; exits by itself N frames after every screen shows video.
+//! - `--frames N`: scripted run; exits by itself N frames after every screen on screen shows video
+//!   (paused, hidden and failed screens are not waited for).
 //! - `--screenshot PATH`: save the window at the last scripted frame (PNG), plus `PATH.regions.txt`
-//!   with each screen's pixel rectangle (`name x0 y0 x1 y1`).
+//!   with each screen's pixel rectangle (`name x0 y0 x1 y1`) and `PATH.stats.txt` with each screen's
+//!   state and rates (`name state frames_shown generated_fps playout_fps longest_freeze_ms`).
 //! - `--screenshot-at F:PATH`: also save one at scripted frame F (repeatable).
 //! - `--autopilot`: the player walks towards the mood screen by itself.
-//! - `--intro-at F:CHOICE`: at scripted frame F, choose `hero` or `villain` and play the intro.
+//! - `--intro-at F:CHOICE`: at scripted frame F, choose `hero` or `villain` and play the intro; the last
+//!   screenshot then waits until the intro has ended and every screen has shown new frames again.
+//! - `--screenshot-cutscene PATH`: save one while the intro plays (a few frames into its first shot).
 //! - `--pattern`: the pattern backend instead of ONNX Runtime.
 //! - `--inspector`: open the inspector at start (built with `--features inspector`; F2 toggles it).
 //! - `--model DIR`: another exported model directory.
 //! - `--size WxH`: window size (default 1280x720).
-//! - `--timeout SECS`: scripted runs fail (exit 2) if video has not started by then (default 600).
+//! - `--timeout SECS`: scripted runs fail (exit 2) if a screen shows no video this long after the model
+//!   is ready, or after the intro ended (default 120).
 
 use std::f32::consts::{FRAC_PI_2, PI};
 use std::path::PathBuf;
@@ -49,6 +54,8 @@ const DAY_SECONDS: f32 = 60.0;
 const MOOD_RANGE: f32 = 7.0;
 /// Scripted runs count frames only after this many (pipelines compile in the background).
 const WARMUP_FRAMES: u32 = 60;
+/// Frames into the intro's first shot at which `--screenshot-cutscene` is taken.
+const CUTSCENE_SHOT_DELAY: u32 = 6;
 /// Where the cutscene zone is.
 const ZONE: Vec3 = Vec3::new(4.0, 0.0, 2.5);
 /// Zone radius.
@@ -61,6 +68,7 @@ struct Args {
     screenshot_at: Vec<(u32, PathBuf)>,
     autopilot: bool,
     intro_at: Option<(u32, String)>,
+    screenshot_cutscene: Option<PathBuf>,
     pattern: bool,
     model: Option<PathBuf>,
     size: (u32, u32),
@@ -70,7 +78,7 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         size: (1280, 720),
-        timeout: 600.0,
+        timeout: 120.0,
         ..default()
     };
     let mut it = std::env::args().skip(1);
@@ -101,6 +109,7 @@ fn parse_args() -> Result<Args, String> {
                     c.to_string(),
                 ));
             }
+            "--screenshot-cutscene" => args.screenshot_cutscene = Some(value()?.into()),
             "--pattern" => args.pattern = true,
             "--model" => args.model = Some(value()?.into()),
             "--size" => {
@@ -530,19 +539,44 @@ fn cutscene_finished(done: On<CutsceneFinished>) {
     );
 }
 
-fn log_status(status: Res<HeliosStatus>) {
-    if status.is_changed() {
-        match &*status {
-            HeliosStatus::Failed(e) => {
-                warn!("demo: the model failed, screens show the fallback: {e}")
-            }
-            other => info!("demo: helios status {other:?}"),
+/// Logs each change of the status' kind, and the generator's capacity once it is measured.
+fn log_status(
+    status: Res<HeliosStatus>,
+    mut last: Local<Option<String>>,
+    mut capacity_logged: Local<bool>,
+) {
+    if !status.is_changed() {
+        return;
+    }
+    let kind = match &*status {
+        HeliosStatus::Failed(e) => {
+            format!("failed, the screens show the fallback: {e}")
         }
+        HeliosStatus::Ready { provider, .. } => format!("ready on {}", provider.active),
+        HeliosStatus::Degraded {
+            provider, reason, ..
+        } => {
+            format!("degraded on {}: {reason}", provider.active)
+        }
+        other => format!("{other:?}"),
+    };
+    if last.as_ref() != Some(&kind) {
+        info!("demo: helios {kind}");
+        *last = Some(kind);
+    }
+    if let Some(capacity) = status.capacity()
+        && !*capacity_logged
+    {
+        info!(
+            "demo: the generator makes {:.1} frames/s: {:.2} screens at full rate",
+            capacity.generated_fps, capacity.full_rate_streams
+        );
+        *capacity_logged = true;
     }
 }
 
-/// Scripted runs: counts frames from the moment every screen shows video (or the model failed), takes
-/// the screenshots, and exits.
+/// Scripted runs: counts frames from the moment every screen on screen shows video (or the model
+/// failed), plays the intro if asked, takes the screenshots, and exits.
 #[derive(Resource, Default)]
 struct Script {
     started: Option<u32>,
@@ -550,7 +584,41 @@ struct Script {
     pending: u32,
     taken: u32,
     begun: Option<Instant>,
+    ready_at: Option<Instant>,
+    intro: IntroScript,
+    final_shot: bool,
 }
+
+/// Where a scripted intro is.
+#[derive(Default)]
+enum IntroScript {
+    /// None asked for, or not played yet.
+    #[default]
+    NotYet,
+    /// Playing; a screenshot is due at this script frame once its first shot shows.
+    Playing { shot_at: Option<u32> },
+    /// Ended at this time, with each screen's frames shown then.
+    Ended {
+        at: Instant,
+        shown: Vec<(Entity, u64)>,
+    },
+}
+
+/// A screen the script waits for: one that is on screen and neither paused nor failed.
+fn expects_video(stats: &HeliosStreamStats) -> bool {
+    !matches!(
+        stats.state,
+        StreamState::Hidden | StreamState::Paused | StreamState::Failed
+    )
+}
+
+type ScreenRow<'a> = (
+    Entity,
+    &'a Name,
+    &'a HeliosStreamStats,
+    Option<&'a GlobalTransform>,
+    Option<&'a Mesh3d>,
+);
 
 #[expect(
     clippy::too_many_arguments,
@@ -560,59 +628,131 @@ fn scripted_run(
     args: Res<Args>,
     mut script: ResMut<Script>,
     status: Res<HeliosStatus>,
-    screens: Query<(
-        &Name,
-        &HeliosStreamStats,
-        Option<&GlobalTransform>,
-        Option<&Mesh3d>,
-    )>,
+    screens: Query<ScreenRow, With<HeliosScreen>>,
     meshes: Res<Assets<Mesh>>,
     camera: Query<(&Camera, &GlobalTransform)>,
     window: Query<&Window, With<PrimaryWindow>>,
     mut commands: Commands,
     mut exit: MessageWriter<AppExit>,
-    (intro, mut play): (Res<Intro>, MessageWriter<PlayCutscene>),
+    (intro, mut play, mut skip): (
+        Res<Intro>,
+        MessageWriter<PlayCutscene>,
+        MessageWriter<SkipCutscene>,
+    ),
+    (mut shots_started, mut finished): (
+        MessageReader<CutsceneShotStarted>,
+        MessageReader<CutsceneFinished>,
+    ),
 ) {
     let Some(frames) = args.frames else { return };
     let begun = *script.begun.get_or_insert_with(Instant::now);
+    if status.is_ready() && script.ready_at.is_none() {
+        script.ready_at = Some(Instant::now());
+    }
     script.frame += 1;
+    let timeout = Duration::from_secs_f32(args.timeout);
     // Render pipelines compile asynchronously (seconds on a software rasteriser): give them frames.
-    let video = !screens.is_empty()
+    let video = screens.iter().any(|(.., s, _, _)| expects_video(s))
         && screens
             .iter()
-            .all(|(_, s, _, _)| s.state == StreamState::Playing || s.frames_shown > 0);
+            .filter(|(.., s, _, _)| expects_video(s))
+            .all(|(.., s, _, _)| s.frames_shown > 0);
     let ready = script.frame >= WARMUP_FRAMES && (status.error().is_some() || video);
     if script.started.is_none() {
         if ready {
             info!(
-                "demo: every screen shows video after {} frames ({:.1} s)",
+                "demo: every screen shows video after {} frames ({:.1} s, {:.1} s after the model was ready)",
                 script.frame,
-                begun.elapsed().as_secs_f32()
+                begun.elapsed().as_secs_f32(),
+                script.ready_at.map_or(0.0, |r| r.elapsed().as_secs_f32())
             );
             script.started = Some(script.frame);
-        } else if begun.elapsed() > Duration::from_secs_f32(args.timeout) {
-            error!("demo: video did not start within {} s", args.timeout);
+        } else if script.ready_at.unwrap_or(begun).elapsed() > timeout {
+            let waiting: Vec<String> = screens
+                .iter()
+                .filter(|(.., s, _, _)| expects_video(s) && s.frames_shown == 0)
+                .map(|(_, n, ..)| n.to_string())
+                .collect();
+            error!(
+                "demo: video did not start within {} s of the model being ready (waiting: {})",
+                args.timeout,
+                waiting.join(", ")
+            );
             exit.write(AppExit::from_code(2));
         }
         return;
     }
     let n = script.frame - script.started.unwrap_or(0);
-    if let Some((at, choice)) = &args.intro_at
-        && *at == n
-    {
-        info!("demo: scripted intro with choice {choice}");
-        play.write(PlayCutscene::new(intro.0.clone()).with_variable("choice", choice.clone()));
-    }
     let mut shots: Vec<PathBuf> = args
         .screenshot_at
         .iter()
         .filter(|(f, _)| *f == n)
         .map(|(_, p)| p.clone())
         .collect();
-    if n == frames
-        && let Some(p) = &args.screenshot
-    {
-        shots.push(p.clone());
+
+    // The intro: play it, photograph it, skip the rest, then wait for every screen to move again.
+    let ended = finished.read().count() > 0;
+    let first_shot = shots_started.read().any(|s| s.shot == 0);
+    match &mut script.intro {
+        IntroScript::NotYet => {
+            if let Some((at, choice)) = &args.intro_at
+                && *at == n
+            {
+                info!("demo: scripted intro with choice {choice}");
+                play.write(
+                    PlayCutscene::new(intro.0.clone()).with_variable("choice", choice.clone()),
+                );
+                script.intro = IntroScript::Playing { shot_at: None };
+            }
+        }
+        IntroScript::Playing { shot_at } => {
+            if first_shot && shot_at.is_none() {
+                *shot_at = Some(n + CUTSCENE_SHOT_DELAY);
+            }
+            if *shot_at == Some(n)
+                && let Some(path) = &args.screenshot_cutscene
+            {
+                shots.push(path.clone());
+            }
+            if ended {
+                info!("demo: the intro ended; waiting for every screen to show new frames");
+                script.intro = IntroScript::Ended {
+                    at: Instant::now(),
+                    shown: screens
+                        .iter()
+                        .map(|(e, _, s, _, _)| (e, s.frames_shown))
+                        .collect(),
+                };
+            } else if shot_at.is_some_and(|at| n > at + CUTSCENE_SHOT_DELAY) {
+                // Photographed: the rest of the intro is the cutscene example's business.
+                skip.write(SkipCutscene);
+            }
+        }
+        IntroScript::Ended { .. } => {}
+    }
+    let resumed = match &script.intro {
+        IntroScript::NotYet => args.intro_at.is_none(),
+        IntroScript::Playing { .. } => false,
+        IntroScript::Ended { at, shown } => {
+            let moved = shown.iter().all(|(e, before)| {
+                screens.get(*e).map_or(true, |(.., s, _, _)| {
+                    !expects_video(s) || s.frames_shown > before + 1
+                })
+            });
+            if !moved && at.elapsed() > timeout {
+                error!(
+                    "demo: screens did not show new frames within {} s after the intro",
+                    args.timeout
+                );
+                exit.write(AppExit::from_code(2));
+            }
+            moved
+        }
+    };
+    let last = n >= frames && resumed;
+    if last && !script.final_shot {
+        script.final_shot = true;
+        shots.extend(args.screenshot.clone());
     }
     for path in shots {
         if let Some(parent) = path.parent() {
@@ -627,21 +767,28 @@ fn scripted_run(
                 script.taken += 1;
             });
     }
-    if n >= frames && script.taken >= script.pending {
+    if last && script.taken >= script.pending {
+        for (_, name, s, _, _) in &screens {
+            info!(
+                "demo: {name}: {:?}, {} frames shown, generated {:.1} fps, playing at {:.1} fps, frozen {:.1} s (longest {:.2} s)",
+                s.state,
+                s.frames_shown,
+                s.generated_fps,
+                s.playout_fps,
+                s.frozen.as_secs_f32(),
+                s.longest_freeze.as_secs_f32()
+            );
+        }
         info!("demo: scripted run done ({n} frames after video start)");
         exit.write(AppExit::Success);
     }
 }
 
-/// Writes each in-world screen's rectangle in window pixels next to a screenshot.
+/// Writes each in-world screen's rectangle in window pixels next to a screenshot, and every screen's
+/// state and rates.
 fn write_regions(
     path: &std::path::Path,
-    screens: &Query<(
-        &Name,
-        &HeliosStreamStats,
-        Option<&GlobalTransform>,
-        Option<&Mesh3d>,
-    )>,
+    screens: &Query<ScreenRow, With<HeliosScreen>>,
     meshes: &Assets<Mesh>,
     camera: &Query<(&Camera, &GlobalTransform)>,
     window: &Query<&Window, With<PrimaryWindow>>,
@@ -650,8 +797,24 @@ fn write_regions(
         return;
     };
     let scale = window.single().map_or(1.0, |w| w.scale_factor());
+    let mut stats = String::new();
+    for (_, name, s, _, _) in screens {
+        stats.push_str(&format!(
+            "{} {:?} {} {:.2} {:.2} {:.0}\n",
+            name,
+            s.state,
+            s.frames_shown,
+            s.generated_fps,
+            s.playout_fps,
+            s.longest_freeze.as_secs_f64() * 1000.0
+        ));
+    }
+    let stats_path = PathBuf::from(format!("{}.stats.txt", path.display()));
+    if let Err(e) = std::fs::write(&stats_path, stats) {
+        warn!("demo: cannot write {}: {e}", stats_path.display());
+    }
     let mut out = String::new();
-    for (name, _, transform, mesh) in screens {
+    for (_, name, _, transform, mesh) in screens {
         let (Some(t), Some(mesh)) = (transform, mesh) else {
             continue;
         };

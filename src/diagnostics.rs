@@ -1,15 +1,14 @@
 //! Metrics as Bevy diagnostics (read them from `DiagnosticsStore`, the inspector, or Bevy's
 //! `LogDiagnosticsPlugin` / `DiagnosticsOverlay`). Per-screen numbers are on each screen's
-//! [`HeliosStreamStats`]; these paths aggregate over the screens that are playing.
+//! [`HeliosStreamStats`](crate::screen::HeliosStreamStats); these paths aggregate over the screens that
+//! are playing (measured in [`playout`](crate::playout)).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use bevy::diagnostic::{Diagnostic, DiagnosticPath, Diagnostics, RegisterDiagnostic};
+use bevy::diagnostic::{Diagnostic, DiagnosticPath, RegisterDiagnostic};
 use bevy::prelude::*;
-
-use crate::screen::{HeliosStreamStats, StreamState};
 
 /// Mean frames shown per second over playing screens.
 pub const STREAM_FPS: DiagnosticPath = DiagnosticPath::const_new("helios/stream/fps");
@@ -26,6 +25,13 @@ pub const DROPPED_FRAMES: DiagnosticPath =
     DiagnosticPath::const_new("helios/stream/dropped_frames");
 /// Frames that were due this app frame but not generated yet (the last frame held).
 pub const HELD_FRAMES: DiagnosticPath = DiagnosticPath::const_new("helios/stream/held_frames");
+/// Frames the generator makes per second of its own time, all streams together (measured per chunk).
+pub const GENERATED_FPS: DiagnosticPath = DiagnosticPath::const_new("helios/worker/generated_fps");
+/// Streams the generator can keep at the full playout rate (`generated_fps / playout_fps`).
+pub const FULL_RATE_STREAMS: DiagnosticPath =
+    DiagnosticPath::const_new("helios/worker/full_rate_streams");
+/// A screen's hold on one frame that just ended (a frame was due but not generated), milliseconds.
+pub const FREEZE_MS: DiagnosticPath = DiagnosticPath::const_new("helios/stream/freeze_ms");
 /// Open streams.
 pub const ACTIVE_STREAMS: DiagnosticPath = DiagnosticPath::const_new("helios/streams");
 /// Messages for the worker that waited a frame because its channel was full.
@@ -34,8 +40,11 @@ pub const SEND_RETRIES: DiagnosticPath = DiagnosticPath::const_new("helios/worke
 pub const MAIN_THREAD_MS: DiagnosticPath = DiagnosticPath::const_new("helios/main_thread_ms");
 
 /// Every path above.
-pub const ALL: [DiagnosticPath; 9] = [
+pub const ALL: [DiagnosticPath; 12] = [
     STREAM_FPS,
+    GENERATED_FPS,
+    FULL_RATE_STREAMS,
+    FREEZE_MS,
     CHUNK_LATENCY_MS,
     QUEUE_DEPTH,
     FIRST_FRAME_MS,
@@ -73,7 +82,7 @@ impl MainThreadCost {
     }
 
     /// Takes the accumulated time.
-    fn take(&self) -> f64 {
+    pub(crate) fn take(&self) -> f64 {
         self.0.swap(0, Ordering::Relaxed) as f64 / 1e6
     }
 }
@@ -90,29 +99,4 @@ impl Drop for CostGuard<'_> {
         self.total
             .fetch_add(self.started.elapsed().as_nanos() as u64, Ordering::Relaxed);
     }
-}
-
-/// Last in the frame: aggregates the screens' stats and the main-thread cost.
-pub(crate) fn record(
-    stats: Query<&HeliosStreamStats>,
-    cost: Res<MainThreadCost>,
-    mut diagnostics: Diagnostics,
-) {
-    let guard = cost.measure();
-    let mut playing = 0usize;
-    let mut fps = 0.0f64;
-    let mut min_queue = usize::MAX;
-    for s in &stats {
-        if s.state == StreamState::Playing {
-            playing += 1;
-            fps += f64::from(s.fps);
-            min_queue = min_queue.min(s.queue_depth);
-        }
-    }
-    if playing > 0 {
-        diagnostics.add_measurement(&STREAM_FPS, || fps / playing as f64);
-        diagnostics.add_measurement(&QUEUE_DEPTH, || min_queue as f64);
-    }
-    drop(guard);
-    diagnostics.add_measurement(&MAIN_THREAD_MS, || cost.take());
 }

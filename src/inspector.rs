@@ -133,10 +133,12 @@ fn draw(
                     ui.label(format!("Loading: {stage}"));
                     ui.add(egui::ProgressBar::new(*progress));
                 }
-                HeliosStatus::Ready { provider } => {
+                HeliosStatus::Ready { provider, .. } => {
                     ui.label(format!("Ready on {}", provider.active));
                 }
-                HeliosStatus::Degraded { provider, reason } => {
+                HeliosStatus::Degraded {
+                    provider, reason, ..
+                } => {
                     ui.colored_label(
                         egui::Color32::YELLOW,
                         format!("Degraded on {}: {reason}", provider.active),
@@ -153,6 +155,12 @@ fn draw(
                 for (name, reason) in &provider.skipped {
                     ui.small(format!("{name} skipped: {reason}"));
                 }
+            }
+            if let Some(capacity) = status.capacity() {
+                ui.label(format!(
+                    "generator: {:.1} frames/s = {:.2} screens at full rate",
+                    capacity.generated_fps, capacity.full_rate_streams
+                ));
             }
             ui.label(format!(
                 "main thread: {:.3} ms/frame   send retries: {:.0}   playout {} fps",
@@ -172,11 +180,19 @@ fn draw(
                     .default_open(true)
                     .show(ui, |ui| {
                         ui.label(format!(
-                            "{:?}  {:.1} fps  chunk {:.0} ms  queue {} frames",
+                            "{:?}  shown {:.1} fps  playing at {:.1}  generated {:.1} (share {:.1})",
                             stats.state,
                             stats.fps,
+                            stats.playout_fps,
+                            stats.generated_fps,
+                            stats.share_fps
+                        ));
+                        ui.label(format!(
+                            "chunk {:.0} ms  queue {} frames  frozen {:.1} s (longest {:.1} s)",
                             stats.chunk_latency * 1000.0,
-                            stats.queue_depth
+                            stats.queue_depth,
+                            stats.frozen.as_secs_f32(),
+                            stats.longest_freeze.as_secs_f32()
                         ));
                         ui.label(format!(
                             "first frame {}  shown {}  dropped {}  held {}  chunks {}",

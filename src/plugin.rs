@@ -13,7 +13,7 @@ use crate::playout;
 use crate::screen::{self, HeliosStreams, VisibilityTracking};
 use crate::settings::HeliosSettings;
 use crate::status::{HeliosLoadFailed, HeliosStatus, StreamFailed, WorkerCrashed};
-use crate::worker::{self, WorkerOutbox};
+use crate::worker::{self, Arrivals, GeneratorLoad, StreamDemand, WorkerOutbox};
 
 /// The plugin's system sets, in frame order: Receive → Conditioning → Dispatch → Playout.
 #[derive(SystemSet, Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -24,10 +24,12 @@ pub enum HeliosSystems {
     /// `Update`: conditioning systems and cutscenes write [`HeliosScreen`](crate::screen::HeliosScreen)s.
     /// Put systems that compute game state for conditioning before it.
     Conditioning,
-    /// `PostUpdate`, after `VisibilitySystems::CheckVisibility`: screens are measured, streams opened
-    /// or updated, the next chunks planned and sent. Edit screens before it.
+    /// `PostUpdate`, after `VisibilitySystems::CheckVisibility`: screens are measured, their streams
+    /// opened or updated, the next chunks planned (each screen's share of the generator) and sent.
+    /// Edit screens before it.
     Dispatch,
-    /// `PostUpdate`, after `Dispatch`: due frames are written into the screens' images; metrics.
+    /// `PostUpdate`, after `Dispatch`: due frames (at each screen's playout rate) are written into the
+    /// screens' images; metrics.
     Playout,
 }
 
@@ -70,6 +72,9 @@ impl Plugin for HeliosPlugin {
         app.init_resource::<HeliosStatus>()
             .init_resource::<HeliosStreams>()
             .init_resource::<WorkerOutbox>()
+            .init_resource::<StreamDemand>()
+            .init_resource::<Arrivals>()
+            .init_resource::<GeneratorLoad>()
             .init_resource::<MainThreadCost>()
             .init_resource::<PendingCutscenes>()
             .init_resource::<VisibilityTracking>()
@@ -90,7 +95,12 @@ impl Plugin for HeliosPlugin {
                     .after(VisibilitySystems::CheckVisibility),
             )
             .add_systems(Startup, worker::spawn_worker)
-            .add_systems(PreUpdate, worker::receive.in_set(HeliosSystems::Receive))
+            .add_systems(
+                PreUpdate,
+                (worker::receive, screen::lifecycle::take_arrivals)
+                    .chain()
+                    .in_set(HeliosSystems::Receive),
+            )
             .add_systems(
                 Update,
                 (cutscene::reload, cutscene::start, cutscene::drive)
@@ -99,13 +109,18 @@ impl Plugin for HeliosPlugin {
             )
             .add_systems(
                 PostUpdate,
-                (screen::attach_late, screen::measure, worker::dispatch)
+                (
+                    screen::display::attach_late,
+                    screen::display::measure,
+                    screen::lifecycle::sync,
+                    worker::dispatch,
+                )
                     .chain()
                     .in_set(HeliosSystems::Dispatch),
             )
             .add_systems(
                 PostUpdate,
-                (playout::playout, diagnostics::record)
+                (playout::playout, playout::record_diagnostics)
                     .chain()
                     .in_set(HeliosSystems::Playout),
             )

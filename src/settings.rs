@@ -1,7 +1,7 @@
 //! [`HeliosSettings`]: where the model is, which providers to try, how fast to play and how much to
 //! generate ahead. Pass it to [`HeliosPlugin::with_settings`](crate::plugin::HeliosPlugin::with_settings)
 //! or insert the resource before the plugin. The model, providers, GPU budget and backend are read
-//! when the worker starts (in `Startup`); playout rate, streams, look-ahead, crossfade, visibility and
+//! when the worker starts (in `Startup`); playout rates, streams, look-ahead, crossfade, visibility and
 //! fast start apply while running.
 
 use std::path::PathBuf;
@@ -41,7 +41,11 @@ pub struct HeliosSettings {
     pub gpu_memory_limit: Option<usize>,
     /// Playout rate of every screen, frames per second (Helios is trained at 24).
     pub playout_fps: f32,
-    /// Most streams generating at once; the scheduler serves the highest-priority ones.
+    /// Slowest rate a screen plays at when generation cannot keep up: each screen plays at what its
+    /// share of the generator sustains, but not below this; below it, the screen plays at this rate
+    /// and holds its last frame until the next chunk arrives.
+    pub min_playout_fps: f32,
+    /// Most streams generating at once; the scheduler serves the heaviest ones (priority and size).
     pub max_streams: usize,
     /// Chunks to keep queued ahead of playout per stream (1 = least latency to prompt changes,
     /// 2 = fewer stalls).
@@ -68,6 +72,7 @@ impl Default for HeliosSettings {
             verify_hashes: true,
             gpu_memory_limit: None,
             playout_fps: 24.0,
+            min_playout_fps: 8.0,
             max_streams: 8,
             chunks_ahead: 2,
             fast_start: false,

@@ -25,6 +25,8 @@ pub enum HeliosStatus {
     Ready {
         /// Provider in use and the ones skipped (with reasons).
         provider: ProviderReport,
+        /// How many screens the generator keeps at full rate (None until the first chunks are timed).
+        capacity: Option<GenerationCapacity>,
     },
     /// Generating after trouble (the worker crashed and restarted, a stream failed).
     Degraded {
@@ -32,6 +34,8 @@ pub enum HeliosStatus {
         provider: ProviderReport,
         /// What went wrong last.
         reason: String,
+        /// How many screens the generator keeps at full rate (None until the first chunks are timed).
+        capacity: Option<GenerationCapacity>,
     },
     /// No model: every screen shows the fallback image; the app keeps running.
     Failed(Arc<HeliosError>),
@@ -54,12 +58,49 @@ impl HeliosStatus {
         }
     }
 
+    /// The generator's measured capacity, once chunks have been timed.
+    pub fn capacity(&self) -> Option<&GenerationCapacity> {
+        match self {
+            Self::Ready { capacity, .. } | Self::Degraded { capacity, .. } => capacity.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Records a new capacity measurement (ignored unless `Ready` or `Degraded`).
+    pub(crate) fn set_capacity(&mut self, new: GenerationCapacity) {
+        if let Self::Ready { capacity, .. } | Self::Degraded { capacity, .. } = self {
+            *capacity = Some(new);
+        }
+    }
+
     /// The provider in use, once loaded.
     pub fn provider(&self) -> Option<&ProviderReport> {
         match self {
-            Self::Ready { provider } | Self::Degraded { provider, .. } => Some(provider),
+            Self::Ready { provider, .. } | Self::Degraded { provider, .. } => Some(provider),
             _ => None,
         }
+    }
+}
+
+/// What the generator sustains, measured from the chunks it makes: decide from it how many screens to
+/// light up. Generation slower than playout is normal (the 14B model makes ~13 frames a second on an
+/// H100); screens then share the generator and play slower (see
+/// [`HeliosStreamStats::playout_fps`](crate::screen::HeliosStreamStats::playout_fps)).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GenerationCapacity {
+    /// Frames the model generates per second of worker time, all screens together.
+    pub generated_fps: f32,
+    /// Screens that can play at the full `playout_fps` at once (`generated_fps / playout_fps`; below 1
+    /// even one screen plays slower than full rate).
+    pub full_rate_streams: f32,
+}
+
+impl GenerationCapacity {
+    /// Within 5 % of each other (status is rewritten only for visible changes).
+    pub(crate) fn roughly_equals(&self, other: &Self) -> bool {
+        let close = |a: f32, b: f32| (a - b).abs() <= 0.05 * a.abs().max(b.abs());
+        close(self.generated_fps, other.generated_fps)
+            && close(self.full_rate_streams, other.full_rate_streams)
     }
 }
 

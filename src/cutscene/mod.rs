@@ -371,7 +371,7 @@ pub(crate) fn drive(
                     if let Some(seed) = next.seed {
                         screen.seed = seed;
                     }
-                    stream.restart_requested = true;
+                    stream.request_restart();
                     player.shot_start_chunk = 0;
                 }
                 Transition::Crossfade(n) => {

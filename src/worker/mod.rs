@@ -1,7 +1,9 @@
 //! The app side of the `helios-worker` thread: [`WorkerHandle`] (the channels and the thread),
 //! [`WorkerOutbox`] (messages waiting for room in the channel), and the systems that start the
-//! worker, take its replies ([`receive`]) and send it work ([`dispatch`]). Systems only `try_send`
-//! and `try_iter`; see [`thread`] for the side that blocks.
+//! worker, take its replies ([`receive`]) and plan and send its work ([`dispatch`]). The worker knows
+//! streams only by id: the screens turn their edits into requests ([`WorkerOutbox`]) and their queues
+//! into [`StreamSnapshot`]s ([`StreamDemand`]), and take the chunks that arrive ([`Arrivals`]).
+//! Systems only `try_send` and `try_iter`; see [`thread`] for the side that blocks.
 
 pub mod protocol;
 pub mod scheduler;
@@ -11,21 +13,25 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use bevy::diagnostic::Diagnostics;
-use bevy::platform::time::Instant;
 use bevy::prelude::*;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 pub use protocol::{ChunkRequest, FromWorker, ToWorker};
-pub use scheduler::{ScheduleParams, StreamSnapshot};
+pub use scheduler::{Schedule, ScheduleParams, StreamRate, StreamSnapshot};
 
-use crate::conditioning::{ReferenceImage, reference_pixels};
-use crate::core::stream::StreamConfig;
-use crate::diagnostics::{ACTIVE_STREAMS, CHUNK_LATENCY_MS, MainThreadCost, SEND_RETRIES};
-use crate::screen::{HeliosScreen, HeliosStream, HeliosStreamStats, HeliosStreams, Showing};
+use crate::core::stream::{Chunk, StreamId};
+use crate::diagnostics::{
+    ACTIVE_STREAMS, CHUNK_LATENCY_MS, FULL_RATE_STREAMS, GENERATED_FPS, MainThreadCost,
+    SEND_RETRIES,
+};
+use crate::error::HeliosError;
 use crate::settings::HeliosSettings;
-use crate::status::{HeliosLoadFailed, HeliosModelInfo, HeliosStatus, StreamFailed, WorkerCrashed};
+use crate::status::{
+    GenerationCapacity, HeliosLoadFailed, HeliosModelInfo, HeliosStatus, WorkerCrashed,
+};
 
 /// Messages app → worker that fit before the channel pushes back.
 const TO_WORKER_CAPACITY: usize = 64;
@@ -172,7 +178,65 @@ pub(crate) fn spawn_worker(
     }
 }
 
-/// PreUpdate: takes the worker's replies: status, chunks into frame queues, failures into messages.
+/// A chunk for a stream, waiting for its screen (taken in [`HeliosSystems::Receive`](crate::plugin::HeliosSystems)).
+#[derive(Debug)]
+pub(crate) struct ArrivedChunk {
+    pub stream: StreamId,
+    pub chunk: Chunk,
+    pub elapsed: Duration,
+}
+
+/// Replies about streams, moved out of the channel by [`receive`] for the screens to take.
+#[derive(Resource, Debug, Default)]
+pub(crate) struct Arrivals {
+    pub chunks: Vec<ArrivedChunk>,
+    pub failures: Vec<(StreamId, Arc<HeliosError>)>,
+}
+
+/// What the screens want generated, written by the screens each frame before [`dispatch`].
+#[derive(Resource, Debug, Default)]
+pub(crate) struct StreamDemand(pub Vec<StreamSnapshot>);
+
+/// How fast the generator is and how it is shared: the measured rate and the current [`Schedule`]
+/// (each active stream's share and playout rate).
+#[derive(Resource, Debug, Default)]
+pub struct GeneratorLoad {
+    /// Moving average of the worker's seconds per generated frame.
+    seconds_per_frame: Option<f64>,
+    schedule: Schedule,
+}
+
+impl GeneratorLoad {
+    /// Weight of the newest chunk in the moving average.
+    const SMOOTHING: f64 = 0.25;
+
+    /// Frames the generator makes per second of its own time, all streams together (None before the
+    /// first chunk).
+    pub fn generated_fps(&self) -> Option<f32> {
+        self.seconds_per_frame
+            .filter(|s| *s > 0.0)
+            .map(|s| (1.0 / s) as f32)
+    }
+
+    /// The current plan: requests, shares and playout rates.
+    pub fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+
+    fn record(&mut self, frames: usize, elapsed: Duration) {
+        if frames == 0 {
+            return;
+        }
+        let spf = elapsed.as_secs_f64() / frames as f64;
+        self.seconds_per_frame = Some(match self.seconds_per_frame {
+            Some(old) => old + Self::SMOOTHING * (spf - old),
+            None => spf,
+        });
+    }
+}
+
+/// PreUpdate: takes the worker's replies: load progress and failures into [`HeliosStatus`] and
+/// messages, stream replies into [`Arrivals`], chunk times into [`GeneratorLoad`].
 #[expect(
     clippy::too_many_arguments,
     reason = "one system routes every kind of reply"
@@ -180,11 +244,10 @@ pub(crate) fn spawn_worker(
 pub(crate) fn receive(
     handle: Option<Res<WorkerHandle>>,
     mut status: ResMut<HeliosStatus>,
-    registry: Res<HeliosStreams>,
-    mut screens: Query<(&mut HeliosStream, &mut HeliosStreamStats)>,
+    mut arrivals: ResMut<Arrivals>,
+    mut load: ResMut<GeneratorLoad>,
     mut commands: Commands,
     mut load_failed: MessageWriter<HeliosLoadFailed>,
-    mut stream_failed: MessageWriter<StreamFailed>,
     mut crashed: MessageWriter<WorkerCrashed>,
     mut diagnostics: Diagnostics,
     cost: Res<MainThreadCost>,
@@ -213,9 +276,11 @@ pub(crate) fn receive(
                     HeliosStatus::Degraded { reason, .. } => HeliosStatus::Degraded {
                         provider: info.provider.clone(),
                         reason: reason.clone(),
+                        capacity: None,
                     },
                     _ => HeliosStatus::Ready {
                         provider: info.provider.clone(),
+                        capacity: None,
                     },
                 };
                 commands.insert_resource(HeliosModelInfo(info));
@@ -230,39 +295,16 @@ pub(crate) fn receive(
                 chunk,
                 elapsed,
             } => {
-                let Some(entity) = registry.entity(stream) else {
-                    continue;
-                };
-                let Ok((mut s, mut stats)) = screens.get_mut(entity) else {
-                    continue;
-                };
-                if s.id != Some(stream) {
-                    continue;
-                }
-                s.chunks_received = s.chunks_received.max(chunk.index + 1);
-                s.frame_size = UVec2::new(chunk.width, chunk.height);
-                stats.chunk_latency = elapsed.as_secs_f32();
-                stats.chunks += 1;
-                stats.last_chunk_index = Some(chunk.index);
-                stats.last_chunk_prompt = Some(chunk.prompt);
-                s.queue.extend(chunk.frames);
-                stats.queue_depth = s.queue.len();
+                load.record(chunk.frames.len(), elapsed);
                 diagnostics.add_measurement(&CHUNK_LATENCY_MS, || elapsed.as_secs_f64() * 1000.0);
+                arrivals.chunks.push(ArrivedChunk {
+                    stream,
+                    chunk,
+                    elapsed,
+                });
             }
             FromWorker::StreamFailed { stream, error } => {
-                let Some(entity) = registry.entity(stream) else {
-                    continue;
-                };
-                if let Ok((mut s, _)) = screens.get_mut(entity)
-                    && s.id == Some(stream)
-                {
-                    s.failed = Some(error.clone());
-                }
-                stream_failed.write(StreamFailed {
-                    entity,
-                    stream,
-                    error,
-                });
+                arrivals.failures.push((stream, error));
             }
             FromWorker::Crashed { stream, message } => {
                 let provider = status.provider().cloned().unwrap_or_else(|| {
@@ -274,6 +316,7 @@ pub(crate) fn receive(
                 *status = HeliosStatus::Degraded {
                     provider,
                     reason: format!("worker restarted after: {message}"),
+                    capacity: None,
                 };
                 crashed.write(WorkerCrashed { stream, message });
             }
@@ -281,22 +324,20 @@ pub(crate) fn receive(
     }
 }
 
-/// PostUpdate (after visibility): opens, restarts and updates streams from their screens, plans the
-/// next chunks and sends what changed.
+/// PostUpdate, after the screens' sync: plans the next chunks from [`StreamDemand`] and the measured
+/// generator rate, sends the plan when it changed, and flushes the outbox.
 #[expect(
     clippy::too_many_arguments,
-    reason = "reconciles screens, plan and channel in one pass"
+    reason = "plan inputs, outputs, channel and metrics"
 )]
 pub(crate) fn dispatch(
-    mut screens: Query<(Entity, Ref<HeliosScreen>, &mut HeliosStream)>,
-    mut registry: ResMut<HeliosStreams>,
+    demand: Res<StreamDemand>,
+    mut load: ResMut<GeneratorLoad>,
     mut outbox: ResMut<WorkerOutbox>,
+    mut status: ResMut<HeliosStatus>,
     handle: Option<Res<WorkerHandle>>,
     settings: Res<HeliosSettings>,
     info: Option<Res<HeliosModelInfo>>,
-    images: Res<Assets<Image>>,
-    mut commands: Commands,
-    mut last_plan: Local<Vec<ChunkRequest>>,
     mut last_fast_start: Local<Option<bool>>,
     mut diagnostics: Diagnostics,
     cost: Res<MainThreadCost>,
@@ -307,110 +348,36 @@ pub(crate) fn dispatch(
         outbox.push(ToWorker::SetFastStart(settings.fast_start));
         *last_fast_start = Some(settings.fast_start);
     }
-    let mut snapshots = Vec::with_capacity(screens.iter().len());
-    for (entity, screen, mut stream) in &mut screens {
-        let crossfade = screen
-            .crossfade_chunks
-            .unwrap_or(settings.crossfade_chunks)
-            .max(1);
-        if stream.id.is_none() || stream.opened_seed != screen.seed || stream.restart_requested {
-            if let Some(old) = stream.id.take() {
-                registry.remove(old);
-                outbox.push(ToWorker::Close { stream: old });
-            }
-            let id = registry.allocate(entity);
-            outbox.push(ToWorker::Open {
-                stream: id,
-                config: StreamConfig {
-                    seed: screen.seed,
-                    prompt: screen.prompt.clone(),
-                    crossfade_chunks: crossfade,
-                },
-            });
-            let stream = &mut *stream;
-            stream.id = Some(id);
-            stream.restart_requested = false;
-            stream.opened_seed = screen.seed;
-            stream.sent_prompt = Some((screen.prompt.clone(), crossfade));
-            stream.sent_image = None;
-            stream.chunks_received = 0;
-            stream.failed = None;
-            if stream.opened_at.is_none() || stream.showing != Showing::Video {
-                stream.opened_at = Some(Instant::now());
-                stream.first_frame_pending = true;
-            }
-        } else if screen.is_changed()
-            && stream
-                .sent_prompt
-                .as_ref()
-                .is_none_or(|(p, c)| *p != screen.prompt || *c != crossfade)
-            && let Some(id) = stream.id
-        {
-            outbox.push(ToWorker::SetPrompt {
-                stream: id,
-                weights: screen.prompt.clone(),
-                crossfade_chunks: crossfade,
-            });
-            stream.sent_prompt = Some((screen.prompt.clone(), crossfade));
-            stream.failed = None;
-        }
-        let want_image = screen.image.as_ref().map(Handle::id);
-        if want_image != stream.sent_image
-            && let (Some(id), Some(handle)) = (stream.id, screen.image.as_ref())
-        {
-            // A reference that is not loaded yet is retried next frame.
-            let sent = match reference_pixels(&images, handle) {
-                ReferenceImage::Ready {
-                    rgba,
-                    width,
-                    height,
-                } => {
-                    outbox.push(ToWorker::ConditionImage {
-                        stream: id,
-                        rgba,
-                        width,
-                        height,
-                    });
-                    true
-                }
-                ReferenceImage::OnGpu => {
-                    crate::conditioning::request_readback(&mut commands, id, handle.clone());
-                    true
-                }
-                ReferenceImage::Missing => false,
-            };
-            if sent {
-                stream.sent_image = want_image;
-            }
-        } else if want_image.is_none() {
-            stream.sent_image = None;
-        }
-        if let Some(id) = stream.id {
-            snapshots.push(StreamSnapshot {
-                stream: id,
-                priority: screen.priority,
-                on_screen: stream.on_screen,
-                size: stream.apparent_size,
-                paused: screen.paused,
-                failed: stream.failed.is_some(),
-                queued_frames: stream.queue.len(),
-                chunks_received: stream.chunks_received,
-                chunk_limit: stream.chunk_limit,
-            });
-        }
-    }
     let params = ScheduleParams {
         frames_per_chunk: info.as_ref().map_or(33, |i| i.frames_per_chunk),
         chunks_ahead: settings.chunks_ahead,
         max_streams: settings.max_streams,
         pause_hidden: settings.visibility != crate::settings::VisibilitySource::Ignore,
+        playout_fps: settings.playout_fps,
+        min_playout_fps: settings.min_playout_fps,
+        generated_fps: load.generated_fps(),
     };
-    let plan = scheduler::plan(&snapshots, &params);
-    if plan != *last_plan {
-        outbox.push(ToWorker::Plan(plan.clone()));
-        *last_plan = plan;
+    let schedule = scheduler::plan(&demand.0, &params);
+    if schedule.requests != load.schedule.requests {
+        outbox.push(ToWorker::Plan(schedule.requests.clone()));
     }
+    if let (Some(generated), Some(full_rate)) = (params.generated_fps, schedule.full_rate_streams) {
+        let capacity = GenerationCapacity {
+            generated_fps: generated,
+            full_rate_streams: full_rate,
+        };
+        // Status changes (and change detection) only when the numbers move visibly.
+        if status
+            .capacity()
+            .is_none_or(|old| !old.roughly_equals(&capacity))
+        {
+            status.set_capacity(capacity);
+        }
+        diagnostics.add_measurement(&GENERATED_FPS, || f64::from(generated));
+        diagnostics.add_measurement(&FULL_RATE_STREAMS, || f64::from(full_rate));
+    }
+    load.schedule = schedule;
     let retried = handle.map_or(0, |h| outbox.flush(&h));
     diagnostics.add_measurement(&SEND_RETRIES, || retried as f64);
-    diagnostics.add_measurement(&ACTIVE_STREAMS, || registry.len() as f64);
+    diagnostics.add_measurement(&ACTIVE_STREAMS, || demand.0.len() as f64);
 }

@@ -1,37 +1,31 @@
-//! [`HeliosScreen`]: a generated video stream shown on an entity, plus the plugin-owned
-//! [`HeliosStream`] state and the public [`HeliosStreamStats`] it requires.
+//! Screens: [`HeliosScreen`] (a generated video stream shown on an entity, the component users edit),
+//! the plugin-owned [`HeliosStream`] state and the public [`HeliosStreamStats`] it requires.
+//!
+//! Screens own their streams: [`lifecycle`] opens, restarts and closes them and turns screen edits
+//! (prompt, seed, reference image) into worker requests; [`display`] makes and attaches the image and
+//! measures visibility; [`reference`] reads image-to-video references back from the GPU. The worker
+//! only plans and generates; playout shows the frames.
+
+pub(crate) mod display;
+pub(crate) mod lifecycle;
+pub(crate) mod reference;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
-use bevy::asset::RenderAssetUsages;
-use bevy::camera::primitives::Aabb;
 use bevy::platform::time::Instant;
 use bevy::prelude::*;
-use bevy::render::render_resource::{Extent3d, TextureDimension, TextureFormat};
-use bevy::ui::ComputedNode;
+
+pub use crate::worker::scheduler::StreamPriority;
+pub use display::fallback_pixels;
 
 use crate::core::embedding::PromptWeights;
 use crate::core::stream::StreamId;
 use crate::diagnostics::MainThreadCost;
 use crate::error::HeliosError;
-use crate::settings::{HeliosSettings, VisibilitySource};
 use crate::status::HeliosModelInfo;
 use crate::worker::{ToWorker, WorkerOutbox};
-
-/// How urgently a screen's stream gets the worker.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum StreamPriority {
-    /// Decoration far away: served last.
-    Background,
-    /// An ordinary in-world screen.
-    #[default]
-    Normal,
-    /// Something the player looks at or interacts with.
-    Foreground,
-    /// A cutscene: while one needs frames, nothing else is generated.
-    Cutscene,
-}
 
 /// A screen showing a generated video stream.
 ///
@@ -131,21 +125,28 @@ pub struct HeliosStream {
     pub(crate) frame_size: UVec2,
     pub(crate) chunks_received: u64,
     pub(crate) chunk_limit: Option<u64>,
-    /// Playout seconds since the current run's first frame.
-    pub(crate) clock: f64,
-    /// Frames taken from the queue in the current run (the first at clock 0).
-    pub(crate) run_taken: u64,
+    /// Frames due but not taken yet (the fractional part carries over between app frames).
+    pub(crate) phase: f64,
     /// Frames taken from the queue over the screen's life (shown or skipped), across stream restarts.
     pub(crate) frames_consumed: u64,
+    /// Frames played beyond the stream's share of the generator (negative: owed); see the scheduler.
+    pub(crate) balance: f32,
+    /// Playout seconds at which a due frame was missing (the screen has been frozen since).
+    pub(crate) frozen_since: Option<f64>,
+    /// Chunk arrivals of the last [`SUSTAINED_WINDOW`]: (real seconds, frames).
+    pub(crate) arrivals: VecDeque<(f64, usize)>,
     pub(crate) on_screen: bool,
     pub(crate) apparent_size: f32,
     pub(crate) failed: Option<Arc<HeliosError>>,
     pub(crate) showing: Showing,
     pub(crate) opened_at: Option<Instant>,
     pub(crate) first_frame_pending: bool,
-    /// Reopen the stream (fresh history) at the next dispatch, even with the same seed.
+    /// Reopen the stream (fresh history) at the next sync, even with the same seed.
     pub(crate) restart_requested: bool,
 }
+
+/// Seconds of chunk arrivals that [`HeliosStreamStats::generated_fps`] averages over.
+pub(crate) const SUSTAINED_WINDOW: f64 = 30.0;
 
 impl HeliosStream {
     /// The image the video is written into.
@@ -178,14 +179,49 @@ impl HeliosStream {
         self.failed.as_ref()
     }
 
+    /// How large the screen appears, 0..=1 (part of its share of the generator).
+    pub fn apparent_size(&self) -> f32 {
+        self.apparent_size
+    }
+
     /// What the image shows.
     pub fn showing(&self) -> Showing {
         self.showing
     }
 
     /// Limits generation to chunk indices below `limit` (cutscene shots); None lifts it.
-    pub fn set_chunk_limit(&mut self, limit: Option<u64>) {
+    pub(crate) fn set_chunk_limit(&mut self, limit: Option<u64>) {
         self.chunk_limit = limit;
+    }
+
+    /// Reopens the stream with fresh history at the next sync (a cutscene's hard cut).
+    pub(crate) fn request_restart(&mut self) {
+        self.restart_requested = true;
+    }
+
+    /// Records a chunk of `frames` arriving at `now` (real seconds) and returns the frames per second
+    /// generated for this stream: the frames after the oldest remembered arrival over the time since
+    /// it, remembering the last [`SUSTAINED_WINDOW`] (and at least the previous arrival, so a stream that
+    /// gets a chunk every 20 s still has a rate).
+    pub(crate) fn record_arrival(&mut self, now: f64, frames: usize) -> f32 {
+        self.arrivals.push_back((now, frames));
+        while self.arrivals.len() > 2
+            && self
+                .arrivals
+                .front()
+                .is_some_and(|(t, _)| now - t > SUSTAINED_WINDOW)
+        {
+            self.arrivals.pop_front();
+        }
+        let Some(&(first, _)) = self.arrivals.front() else {
+            return 0.0;
+        };
+        let span = now - first;
+        if span <= 0.0 {
+            return 0.0;
+        }
+        let frames: usize = self.arrivals.iter().skip(1).map(|(_, f)| f).sum();
+        (frames as f64 / span) as f32
     }
 }
 
@@ -212,18 +248,33 @@ pub struct HeliosStreamStats {
     pub state: StreamState,
     /// Frames shown per second of real time (updated twice a second).
     pub fps: f32,
+    /// Frames generated for this stream per second, sustained over the last 30 s of chunk arrivals (at
+    /// least the last two); updated when a chunk arrives.
+    pub generated_fps: f32,
+    /// The stream's share of the generator in frames per second (the full playout rate when the
+    /// generator keeps up).
+    pub share_fps: f32,
+    /// The rate the screen plays at now: [`HeliosSettings::playout_fps`](crate::settings::HeliosSettings)
+    /// when generation keeps up, else what its share sustains, down to
+    /// [`HeliosSettings::min_playout_fps`](crate::settings::HeliosSettings).
+    pub playout_fps: f32,
     /// Wall time the worker spent on the last chunk, seconds.
     pub chunk_latency: f32,
     /// Frames queued for playout.
     pub queue_depth: usize,
     /// From opening the stream to its first frame on screen.
-    pub first_frame_latency: Option<std::time::Duration>,
+    pub first_frame_latency: Option<Duration>,
     /// Frames shown.
     pub frames_shown: u64,
     /// Frames skipped because several were due in one app frame.
     pub frames_dropped: u64,
     /// Frames that were due but not generated yet (the previous frame was held).
     pub frames_held: u64,
+    /// Time the screen held a frame because the next one was due but not generated (after its first
+    /// frame, while on screen and not paused).
+    pub frozen: Duration,
+    /// The longest such hold.
+    pub longest_freeze: Duration,
     /// Chunks received over the screen's life.
     pub chunks: u64,
     /// Prompt weights of the last chunk received.
@@ -274,61 +325,6 @@ impl HeliosStreams {
 #[derive(Resource, Clone, Copy, Debug, Default)]
 pub struct VisibilityTracking(pub bool);
 
-/// Size of images made before the model says its frame size.
-const DEFAULT_SIZE: UVec2 = UVec2::new(64, 64);
-
-/// A frame-sized image the CPU keeps (so frames can be moved in) and the GPU shows.
-pub(crate) fn new_image(size: UVec2, rgba: Vec<u8>) -> Image {
-    let mut image = Image::new_fill(
-        Extent3d {
-            width: size.x,
-            height: size.y,
-            depth_or_array_layers: 1,
-        },
-        TextureDimension::D2,
-        &[0, 0, 0, 255],
-        TextureFormat::Rgba8UnormSrgb,
-        RenderAssetUsages::MAIN_WORLD | RenderAssetUsages::RENDER_WORLD,
-    );
-    image.data = Some(rgba);
-    image
-}
-
-/// The waiting pattern: a dim blue-grey gradient.
-pub(crate) fn placeholder_pixels(size: UVec2) -> Vec<u8> {
-    let mut out = Vec::with_capacity((size.x * size.y * 4) as usize);
-    for y in 0..size.y {
-        for _ in 0..size.x {
-            let v = (24 + 24 * y / size.y.max(1)) as u8;
-            out.extend_from_slice(&[v, v, v + 12, 255]);
-        }
-    }
-    out
-}
-
-/// The fallback image: "no signal" colour bars under dark diagonal stripes.
-pub fn fallback_pixels(size: UVec2) -> Vec<u8> {
-    const BARS: [[u8; 3]; 7] = [
-        [192, 192, 192],
-        [192, 192, 0],
-        [0, 192, 192],
-        [0, 192, 0],
-        [192, 0, 192],
-        [192, 0, 0],
-        [0, 0, 192],
-    ];
-    let mut out = Vec::with_capacity((size.x * size.y * 4) as usize);
-    for y in 0..size.y {
-        for x in 0..size.x {
-            let bar = BARS[(x * 7 / size.x.max(1)) as usize % 7];
-            let stripe = ((x + y) / 6) % 2 == 0;
-            let k = if stripe { 1 } else { 2 };
-            out.extend_from_slice(&[bar[0] / k, bar[1] / k, bar[2] / k, 255]);
-        }
-    }
-    out
-}
-
 /// Observer: a new screen gets its image, shown on its material or UI node. Its stream is opened by
 /// the next dispatch (so spawning screens before the worker exists is fine).
 pub(crate) fn open_stream(
@@ -347,11 +343,11 @@ pub(crate) fn open_stream(
     let Ok(mut stream) = streams.get_mut(add.entity) else {
         return;
     };
-    let size = info.map_or(DEFAULT_SIZE, |i| UVec2::new(i.width, i.height));
-    stream.image = images.add(new_image(size, placeholder_pixels(size)));
+    let size = info.map_or(display::DEFAULT_SIZE, |i| UVec2::new(i.width, i.height));
+    stream.image = images.add(display::new_image(size, display::placeholder_pixels(size)));
     stream.showing = Showing::Placeholder;
     if let Ok((material, node)) = targets.get_mut(add.entity) {
-        attach(&stream.image, material, node, materials.as_deref_mut());
+        display::attach(&stream.image, material, node, materials.as_deref_mut());
     }
 }
 
@@ -367,116 +363,5 @@ pub(crate) fn close_stream(
     {
         registry.remove(id);
         outbox.push(ToWorker::Close { stream: id });
-    }
-}
-
-/// Points a screen's material or UI node at its image.
-pub(crate) fn attach(
-    image: &Handle<Image>,
-    material: Option<Mut<MeshMaterial3d<StandardMaterial>>>,
-    node: Option<Mut<ImageNode>>,
-    materials: Option<&mut Assets<StandardMaterial>>,
-) {
-    if let (Some(mut material), Some(materials)) = (material, materials) {
-        // Each screen gets its own material, so screens sharing one don't show each other's video.
-        let mut own = materials.get(&material.0).cloned().unwrap_or_default();
-        // A display shows its pixels as they are: unlit, and emissive for bloom where HDR is on.
-        own.unlit = true;
-        own.base_color = Color::WHITE;
-        own.base_color_texture = Some(image.clone());
-        own.emissive = LinearRgba::WHITE;
-        own.emissive_texture = Some(image.clone());
-        material.0 = materials.add(own);
-    }
-    if let Some(mut node) = node
-        && node.image != *image
-    {
-        node.image = image.clone();
-    }
-}
-
-/// Screens whose material or UI node arrived after the screen component get attached too.
-#[expect(
-    clippy::type_complexity,
-    reason = "screens whose display target was just added"
-)]
-pub(crate) fn attach_late(
-    mut screens: Query<
-        (
-            &HeliosStream,
-            Option<&mut MeshMaterial3d<StandardMaterial>>,
-            Option<&mut ImageNode>,
-        ),
-        (
-            With<HeliosScreen>,
-            Or<(Added<MeshMaterial3d<StandardMaterial>>, Added<ImageNode>)>,
-        ),
-    >,
-    mut materials: Option<ResMut<Assets<StandardMaterial>>>,
-) {
-    for (stream, material, node) in &mut screens {
-        let material = material.filter(|m| {
-            materials
-                .as_ref()
-                .and_then(|ms| ms.get(&m.0))
-                .is_none_or(|mat| mat.base_color_texture.as_ref() != Some(&stream.image))
-        });
-        attach(&stream.image, material, node, materials.as_deref_mut());
-    }
-}
-
-/// Decides which screens are on screen and how large they appear (for pausing and scheduling).
-#[expect(
-    clippy::type_complexity,
-    reason = "one query over the optional visibility and size components"
-)]
-pub(crate) fn measure(
-    mut screens: Query<(
-        &mut HeliosStream,
-        Option<&ViewVisibility>,
-        Option<&InheritedVisibility>,
-        Option<&ComputedNode>,
-        Option<&GlobalTransform>,
-        Option<&Aabb>,
-    )>,
-    cameras: Query<&GlobalTransform, With<Camera>>,
-    settings: Res<HeliosSettings>,
-    tracking: Res<VisibilityTracking>,
-    cost: Res<MainThreadCost>,
-) {
-    let _cost = cost.measure();
-    let read = match settings.visibility {
-        VisibilitySource::Auto => tracking.0,
-        VisibilitySource::Components => true,
-        VisibilitySource::Ignore => false,
-    };
-    for (mut stream, view, inherited, node, transform, aabb) in &mut screens {
-        let on_screen = !read
-            || match node {
-                Some(_) => inherited.is_none_or(|v| v.get()),
-                None => view.is_none_or(|v| v.get()),
-            };
-        let size = if let Some(node) = node {
-            (node.size().x * node.size().y / (1920.0 * 1080.0)).clamp(0.0, 1.0)
-        } else if let (Some(t), Some(aabb)) = (transform, aabb) {
-            let radius = (Vec3::from(aabb.half_extents) * t.scale()).length();
-            let distance = cameras
-                .iter()
-                .map(|c| c.translation().distance(t.translation()))
-                .fold(f32::INFINITY, f32::min);
-            if distance.is_finite() {
-                (radius / distance.max(1e-3)).clamp(0.0, 1.0)
-            } else {
-                0.5
-            }
-        } else {
-            0.5
-        };
-        if stream.on_screen != on_screen {
-            stream.on_screen = on_screen;
-        }
-        if (stream.apparent_size - size).abs() > 1e-3 {
-            stream.apparent_size = size;
-        }
     }
 }
