@@ -79,7 +79,9 @@ pub trait GeneratorNetworks: Denoiser + Decoder + Send + Sized {
 }
 
 fn no_image_conditioning() -> HeliosError {
-    HeliosError::InvalidInput("this backend has no image conditioning".into())
+    HeliosError::Unsupported {
+        what: "image conditioning: this backend has none".into(),
+    }
 }
 
 impl GeneratorNetworks for OrtModel {

@@ -24,11 +24,15 @@ pub enum HeliosError {
         /// What is wrong with it.
         reason: String,
     },
-    /// `manifest.ron` does not parse or is inconsistent.
-    #[error("manifest {path} is invalid: {reason}")]
+    /// `manifest.ron` does not parse, is inconsistent, or asks for more memory than the caps in
+    /// [`crate::core::limits`] allow. Re-export the model.
+    #[error("manifest {path} is invalid at `{field}`: {reason}; re-export the model")]
     ManifestInvalid {
         /// The manifest file.
         path: PathBuf,
+        /// The field that failed, e.g. `scheduler.stages` or `graphs.vae_decoder.outputs.video`
+        /// (`(syntax)` when the text does not parse).
+        field: String,
         /// Parse error or the failed check.
         reason: String,
     },
@@ -94,9 +98,60 @@ pub enum HeliosError {
         /// How many values were NaN or infinite.
         count: usize,
     },
-    /// Arguments or state that cannot be used (bad weights, exhausted injected noise, wrong model state).
+    /// Arguments that cannot be used. Kept for the Bevy layer; the core returns the typed variants below.
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// A saved [`GenerationState`](crate::core::stream::GenerationState) (or injected noise) is damaged or
+    /// does not fit the model: wrong history size, head outside the ring, chunk index at its limit.
+    #[error(
+        "saved stream state is invalid at `{field}`: {reason}; delete the save or start a new stream"
+    )]
+    StateInvalid {
+        /// The state field, e.g. `history.head`.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A saved state belongs to another model (name or model hash differ).
+    #[error(
+        "saved stream state is for model {found}, this is {expected}; load that model or delete the save"
+    )]
+    StateModelMismatch {
+        /// This model: name and hash.
+        expected: String,
+        /// The state's model: name and hash.
+        found: String,
+    },
+    /// Prompt weights that cannot be blended: NaN, infinite or negative, no positive weight, a bad
+    /// `name=weight` spec.
+    #[error("invalid prompt weights: {reason}")]
+    InvalidWeights {
+        /// Which prompt and why (user text cut to [`MAX_ECHO_CHARS`]).
+        reason: String,
+    },
+    /// The model or build cannot do what was asked (no VAE encoder for image conditioning, no device loop,
+    /// a tensor dtype a buffer cannot hold).
+    #[error("not supported: {what}")]
+    Unsupported {
+        /// What was asked, and why it cannot be done.
+        what: String,
+    },
+    /// A size computed from a file or argument would exceed a cap of [`crate::core::limits`].
+    #[error("{what} would need {elements} elements, over the limit of {limit}")]
+    AllocationTooLarge {
+        /// What would have been allocated.
+        what: String,
+        /// Elements asked for (saturated at `u128::MAX`).
+        elements: u128,
+        /// The cap.
+        limit: u64,
+    },
+    /// A bug in this crate: an invariant the code relies on did not hold. Please report it.
+    #[error("internal error ({context}); please report this")]
+    Internal {
+        /// Where and what.
+        context: String,
+    },
     /// Reading or writing a user file failed.
     #[error("I/O error on {path}: {source}")]
     Io {
@@ -107,6 +162,18 @@ pub enum HeliosError {
     },
 }
 
+/// How many characters of user text (a prompt, a weight spec) an error repeats.
+pub const MAX_ECHO_CHARS: usize = 100;
+
+/// `text` cut to [`MAX_ECHO_CHARS`] characters (on a char boundary) with `…` and the full length appended
+/// when cut, so an error never repeats a megabyte prompt.
+pub fn echo(text: &str) -> String {
+    match text.char_indices().nth(MAX_ECHO_CHARS) {
+        None => text.to_string(),
+        Some((end, _)) => format!("{}… ({} bytes)", &text[..end], text.len()),
+    }
+}
+
 impl HeliosError {
     /// Wraps an `ort` error for a graph.
     pub fn inference(graph: &str, err: impl std::fmt::Display) -> Self {
@@ -114,5 +181,38 @@ impl HeliosError {
             graph: graph.to_string(),
             reason: err.to_string(),
         }
+    }
+
+    /// An [`HeliosError::Internal`] with `context`.
+    pub fn internal(context: impl Into<String>) -> Self {
+        Self::Internal {
+            context: context.into(),
+        }
+    }
+
+    /// An [`HeliosError::StateInvalid`] for `field`.
+    pub fn state(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::StateInvalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echo_cuts_long_text_on_a_char_boundary() {
+        assert_eq!(echo("day"), "day");
+        let long = "é".repeat(1_000_000);
+        let cut = echo(&long);
+        assert!(
+            cut.chars().count() < MAX_ECHO_CHARS + 20,
+            "a 1 MB text must be cut to about {MAX_ECHO_CHARS} characters, got {}",
+            cut.len()
+        );
+        assert!(cut.ends_with("(2000000 bytes)"), "{cut}");
     }
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 use ndarray::{Array2, Array3, Axis};
 use serde::{Deserialize, Serialize};
 
-use crate::error::HeliosError;
+use crate::error::{HeliosError, echo};
 
 /// Prompt-name → `[S, D]` embedding, loaded from a model's `embeddings.safetensors`.
 #[derive(Clone, Debug)]
@@ -106,8 +106,8 @@ impl EmbeddingBank {
         self.entries
             .get(name)
             .ok_or_else(|| HeliosError::UnknownPrompt {
-                name: name.to_string(),
-                known: self.names().take(24).collect::<Vec<_>>().join(", "),
+                name: echo(name),
+                known: echo(&self.names().take(24).collect::<Vec<_>>().join(", ")),
             })
     }
 
@@ -190,13 +190,32 @@ impl PromptWeights {
         self
     }
 
-    /// Sum of the positive weights; an error unless it is positive and finite.
+    /// Sum of the weights after [`Self::validate`].
     pub fn total(&self) -> Result<f32, HeliosError> {
-        let total: f32 = self.0.values().filter(|w| **w > 0.0).sum();
+        self.validate()
+    }
+
+    /// Checks every weight is finite and not negative, and that their sum is positive and finite;
+    /// returns the sum. Otherwise [`HeliosError::InvalidWeights`] naming the first bad prompt.
+    pub fn validate(&self) -> Result<f32, HeliosError> {
+        for (name, w) in &self.0 {
+            if !(w.is_finite() && *w >= 0.0) {
+                return Err(HeliosError::InvalidWeights {
+                    reason: format!(
+                        "the weight of `{}` is {w}; weights must be finite and not negative",
+                        echo(name)
+                    ),
+                });
+            }
+        }
+        let total: f32 = self.0.values().sum();
         if !(total > 0.0 && total.is_finite()) {
-            return Err(HeliosError::InvalidInput(format!(
-                "prompt weights {self:?} need at least one positive finite weight"
-            )));
+            return Err(HeliosError::InvalidWeights {
+                reason: format!(
+                    "{} prompt weights sum to {total}; at least one must be positive and the sum finite",
+                    self.0.len()
+                ),
+            });
         }
         Ok(total)
     }
@@ -208,19 +227,31 @@ impl PromptWeights {
         for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (name, weight) = match part.split_once('=') {
                 Some((n, w)) => {
-                    let w: f32 = w.trim().parse().map_err(|_| {
-                        HeliosError::InvalidInput(format!("weight `{w}` of `{n}` is not a number"))
+                    let w: f32 = w.trim().parse().map_err(|_| HeliosError::InvalidWeights {
+                        reason: format!(
+                            "weight `{}` of `{}` is not a number",
+                            echo(w.trim()),
+                            echo(n.trim())
+                        ),
                     })?;
                     (n.trim(), w)
                 }
                 None => (part, 1.0),
             };
+            if !(weight.is_finite() && weight >= 0.0) {
+                return Err(HeliosError::InvalidWeights {
+                    reason: format!(
+                        "the weight of `{}` is {weight}; weights must be finite and not negative",
+                        echo(name)
+                    ),
+                });
+            }
             out.0.insert(name.to_string(), weight);
         }
         if out.0.is_empty() {
-            return Err(HeliosError::InvalidInput(
-                "empty prompt specification".into(),
-            ));
+            return Err(HeliosError::InvalidWeights {
+                reason: "the prompt specification is empty".into(),
+            });
         }
         Ok(out)
     }
@@ -264,6 +295,21 @@ impl PromptCrossfade {
         self.progress = 0;
     }
 
+    /// Checks both weight sets ([`PromptWeights::validate`]) and that the fade takes at least one chunk.
+    pub fn validate(&self) -> Result<(), HeliosError> {
+        if self.chunks == 0 {
+            return Err(HeliosError::state(
+                "prompt.chunks",
+                "a crossfade takes at least one chunk",
+            ));
+        }
+        self.target.validate()?;
+        if let Some(from) = &self.from {
+            from.validate()?;
+        }
+        Ok(())
+    }
+
     /// Mix the previous chunk ended on, as weights (used to restart a fade mid-way).
     fn current_mix(&self) -> PromptWeights {
         let Some(from) = &self.from else {
@@ -286,10 +332,12 @@ impl PromptCrossfade {
         &mut self,
         source: &mut dyn PromptSource,
     ) -> Result<(PromptWeights, Array3<f32>), HeliosError> {
+        // the mix below clamps at 0 and would hide a NaN weight
+        self.validate()?;
         let weights = match &self.from {
             None => self.target.clone(),
             Some(from) => {
-                let t = ((self.progress + 1) as f32 / self.chunks as f32).min(1.0);
+                let t = (self.progress.saturating_add(1) as f32 / self.chunks as f32).min(1.0);
                 mix_weights(from, &self.target, t)
             }
         };
@@ -386,5 +434,69 @@ mod tests {
             PromptWeights::one("dusk")
         );
         assert!(PromptWeights::parse("day=abc").is_err());
+    }
+
+    #[test]
+    fn nan_inf_and_negative_weights_are_typed_errors() {
+        for bad in [f32::NAN, f32::INFINITY, -1.0] {
+            let w = PromptWeights::one("a").with("b", bad);
+            assert!(
+                matches!(w.validate(), Err(HeliosError::InvalidWeights { ref reason }) if reason.contains("`b`")),
+                "weight {bad} next to a valid one must be InvalidWeights naming `b`"
+            );
+            assert!(
+                matches!(bank().blend(&w), Err(HeliosError::InvalidWeights { .. })),
+                "blend must refuse weight {bad} before embedding anything"
+            );
+        }
+        let huge = PromptWeights::one("a")
+            .with("b", f32::MAX)
+            .with("c", f32::MAX);
+        assert!(
+            matches!(huge.total(), Err(HeliosError::InvalidWeights { .. })),
+            "a sum that overflows to infinity is refused"
+        );
+        for spec in ["day=nan", "day=inf", "day=-0.5", ""] {
+            assert!(
+                matches!(
+                    PromptWeights::parse(spec),
+                    Err(HeliosError::InvalidWeights { .. })
+                ),
+                "{spec:?} should be InvalidWeights"
+            );
+        }
+        // a crossfade towards a NaN weight is refused too (the mix would clamp it to 0)
+        let b = bank();
+        let mut fade = PromptCrossfade::new(PromptWeights::one("a"), 4);
+        fade.set_target(PromptWeights::one("b").with("a", f32::NAN));
+        assert!(matches!(
+            fade.next_embedding(&b),
+            Err(HeliosError::InvalidWeights { .. })
+        ));
+    }
+
+    #[test]
+    fn a_restored_fade_at_the_counter_limit_still_blends() {
+        let mut fade = PromptCrossfade {
+            target: PromptWeights::one("b"),
+            from: Some(PromptWeights::one("a")),
+            chunks: 2,
+            progress: u32::MAX,
+        };
+        let (_, e) = fade
+            .next_embedding(&bank())
+            .expect("a saved progress at u32::MAX must not overflow");
+        assert!((e[[0, 0, 0]] - 3.0).abs() < 1e-6, "the fade is over");
+    }
+
+    #[test]
+    fn a_huge_unknown_name_is_cut_in_the_error() {
+        let name = "x".repeat(1 << 20);
+        let err = bank().blend(&PromptWeights::one(name)).unwrap_err();
+        assert!(
+            matches!(err, HeliosError::UnknownPrompt { .. }) && err.to_string().len() < 400,
+            "a 1 MB prompt name must not be echoed whole ({} bytes)",
+            err.to_string().len()
+        );
     }
 }

@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::core::limits::{
+    self, MAX_STAGES, MAX_STATE_ELEMENTS, MAX_STEPS_PER_STAGE, MAX_TENSOR_ELEMENTS,
+    MAX_TEXT_TOKENS, MAX_TRAIN_TIMESTEPS, MAX_VAE_FACTOR,
+};
 use crate::error::HeliosError;
 
 /// The manifest format this crate reads.
@@ -43,9 +47,10 @@ pub struct TensorSpec {
 }
 
 impl TensorSpec {
-    /// Number of elements.
+    /// Number of elements (saturating; [`ModelManifest::validate`] caps it at
+    /// [`MAX_TENSOR_ELEMENTS`]).
     pub fn len(&self) -> usize {
-        self.shape.iter().product()
+        usize::try_from(limits::elements(&self.shape)).unwrap_or(usize::MAX)
     }
 
     /// True for a zero-sized tensor.
@@ -190,8 +195,95 @@ pub struct ModelManifest {
     /// when every graph carries its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared_weights: Option<SharedWeightsSpec>,
+    /// ONNX external-data files the graphs read their weights from (`*.onnx.data`), hashed like the graphs;
+    /// empty (absent from the file) for models whose graphs carry their weights inline.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external_data: Vec<DataFileSpec>,
     /// Graphs by key (`denoiser_stage0`, `vae_decoder`, ...).
     pub graphs: BTreeMap<String, GraphSpec>,
+}
+
+/// One ONNX external-data file of the model directory (a graph's weights above protobuf's 2 GB limit, or
+/// weights several graphs share).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataFileSpec {
+    /// File name inside the model directory.
+    pub file: String,
+    /// Lower-case hex SHA-256 of the file (checked on load when `verify_hashes` is on).
+    pub sha256: String,
+    /// Size in bytes (always checked: a truncated file is named before ONNX Runtime reads it).
+    pub bytes: u64,
+}
+
+/// A manifest check that failed: which field, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidField {
+    /// Dotted path of the field, e.g. `scheduler.stage_range` or `graphs.vae_decoder.outputs.video`.
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl std::fmt::Display for InvalidField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}`: {}", self.field, self.reason)
+    }
+}
+
+impl std::error::Error for InvalidField {}
+
+impl InvalidField {
+    /// The [`HeliosError::ManifestInvalid`] for the manifest at `path`.
+    pub fn at(self, path: impl Into<PathBuf>) -> HeliosError {
+        HeliosError::ManifestInvalid {
+            path: path.into(),
+            field: self.field,
+            reason: self.reason,
+        }
+    }
+}
+
+/// `Err(InvalidField)` for `field`.
+fn bad<T>(field: impl Into<String>, reason: impl Into<String>) -> Result<T, InvalidField> {
+    Err(InvalidField {
+        field: field.into(),
+        reason: reason.into(),
+    })
+}
+
+/// Elements of `dims` if at most `limit`, else an [`InvalidField`] naming `field`.
+fn capped(field: &str, dims: &[usize], limit: u64) -> Result<usize, InvalidField> {
+    limits::check_elements(field, dims, limit).map_err(|e| InvalidField {
+        field: field.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// A declared shape for a message, cut like user text (a damaged manifest may declare thousands of dims).
+fn shape_text(shape: &[usize]) -> String {
+    crate::error::echo(&format!("{shape:?}"))
+}
+
+/// A file name of the manifest: relative, inside the model directory, with an empty or 64-digit hex hash.
+fn check_file_entry(field: &str, file: &str, sha256: &str) -> Result<(), InvalidField> {
+    let inside = Path::new(file)
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if file.is_empty() || !inside {
+        return bad(
+            format!("{field}.file"),
+            format!(
+                "`{}` must be a file name inside the model directory",
+                crate::error::echo(file)
+            ),
+        );
+    }
+    let hex = sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit());
+    if !(sha256.is_empty() || hex) {
+        return bad(format!("{field}.sha256"), "must be empty or 64 hex digits");
+    }
+    Ok(())
 }
 
 /// One safetensors file whose tensors are initializers (by name) of several graphs, which also refer to its
@@ -219,15 +311,64 @@ impl ModelManifest {
             path: path.clone(),
             source,
         })?;
+        Self::parse(&text, &path)
+    }
+
+    /// Parses and validates manifest text; `path` is only for messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, HeliosError> {
         let manifest: ModelManifest =
-            ron::from_str(&text).map_err(|e| HeliosError::ManifestInvalid {
-                path: path.clone(),
-                reason: e.to_string(),
+            ron::from_str(text).map_err(|e| HeliosError::ManifestInvalid {
+                path: path.to_path_buf(),
+                field: "(syntax)".into(),
+                reason: crate::error::echo(&e.to_string()),
             })?;
-        manifest
-            .validate()
-            .map_err(|reason| HeliosError::ManifestInvalid { path, reason })?;
+        manifest.validate().map_err(|e| e.at(path))?;
         Ok(manifest)
+    }
+
+    /// A short hash of what makes a stream's state fit this model: name, file hashes and the numbers that
+    /// shape latents and history. Saved states carry it; restoring one on another model is
+    /// [`HeliosError::StateModelMismatch`].
+    pub fn model_hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        let mut put = |s: &str| {
+            h.update((s.len() as u64).to_le_bytes());
+            h.update(s.as_bytes());
+        };
+        put(&self.name);
+        put(&format!(
+            "{}x{} c{} f{} t{} s{} h{:?} steps{:?} stages{} {:?}",
+            self.height,
+            self.width,
+            self.latent_channels,
+            self.latent_frames_per_chunk,
+            self.vae_scale_factor_temporal,
+            self.vae_scale_factor_spatial,
+            self.history_sizes,
+            self.pyramid_steps,
+            self.scheduler.stages,
+            self.precision,
+        ));
+        put(&self.embeddings.sha256);
+        for (key, g) in &self.graphs {
+            put(key);
+            put(&g.sha256);
+        }
+        if let Some(t) = &self.text_encoder {
+            put(&t.sha256);
+            put(&t.tokenizer_sha256);
+        }
+        if let Some(w) = &self.shared_weights {
+            put(&w.sha256);
+        }
+        for d in &self.external_data {
+            put(&d.sha256);
+        }
+        h.finalize()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     /// Key of the denoiser graph for a pyramid stage.
@@ -237,27 +378,36 @@ impl ModelManifest {
 
     /// Latent grid (h, w) at full resolution.
     pub fn latent_hw(&self) -> (usize, usize) {
-        (
-            self.height / self.vae_scale_factor_spatial,
-            self.width / self.vae_scale_factor_spatial,
-        )
+        let f = self.vae_scale_factor_spatial.max(1);
+        (self.height / f, self.width / f)
     }
 
     /// Latent grid of a pyramid stage (stage `stages-1` is full resolution).
     pub fn stage_hw(&self, stage: usize) -> (usize, usize) {
         let (h, w) = self.latent_hw();
-        let down = 1usize << (self.scheduler.stages - 1 - stage);
-        (h / down, w / down)
+        // halving k times is a shift; past the word size the grid is empty (validate caps stages)
+        let k = self
+            .scheduler
+            .stages
+            .saturating_sub(1)
+            .saturating_sub(stage);
+        let k = u32::try_from(k).unwrap_or(u32::MAX);
+        (h.checked_shr(k).unwrap_or(0), w.checked_shr(k).unwrap_or(0))
     }
 
     /// Pixel frames one chunk decodes to (33).
     pub fn frames_per_chunk(&self) -> usize {
-        (self.latent_frames_per_chunk - 1) * self.vae_scale_factor_temporal + 1
+        self.latent_frames_per_chunk
+            .saturating_sub(1)
+            .saturating_mul(self.vae_scale_factor_temporal)
+            .saturating_add(1)
     }
 
     /// Total history frames (19).
     pub fn history_len(&self) -> usize {
-        self.history_sizes.iter().sum()
+        self.history_sizes
+            .iter()
+            .fold(0usize, |a, b| a.saturating_add(*b))
     }
 
     /// Path of a graph's file.
@@ -265,137 +415,447 @@ impl ModelManifest {
         self.graphs.get(key).map(|g| dir.join(&g.file))
     }
 
-    /// Checks internal consistency; returns a human-readable reason on failure.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks internal consistency and the caps of [`crate::core::limits`], naming the field that fails.
+    ///
+    /// Every number that sizes memory or indexes a buffer is bounded here, and the shapes the graphs declare
+    /// are cross-checked against the numbers they follow from (the sessions then check the declared shapes
+    /// against the ONNX files), so a bad value fails at load instead of in a chunk.
+    pub fn validate(&self) -> Result<(), InvalidField> {
         if self.format_version != MANIFEST_FORMAT_VERSION {
-            return Err(format!(
-                "format_version {} is not supported (this crate reads {MANIFEST_FORMAT_VERSION})",
-                self.format_version
-            ));
+            return bad(
+                "format_version",
+                format!(
+                    "{} is not supported (this crate reads {MANIFEST_FORMAT_VERSION})",
+                    self.format_version
+                ),
+            );
         }
+        self.validate_scheduler()?;
         let s = &self.scheduler;
-        if s.stages == 0 || s.stage_range.len() != s.stages + 1 {
-            return Err(format!(
-                "scheduler.stage_range has {} values for {} stages",
-                s.stage_range.len(),
-                s.stages
-            ));
+        for (field, v) in [
+            ("vae_scale_factor_temporal", self.vae_scale_factor_temporal),
+            ("vae_scale_factor_spatial", self.vae_scale_factor_spatial),
+        ] {
+            if !(1..=MAX_VAE_FACTOR).contains(&v) {
+                return bad(field, format!("{v} must be in 1..={MAX_VAE_FACTOR}"));
+            }
         }
-        if self.pyramid_steps.len() != s.stages || self.pyramid_steps.contains(&0) {
-            return Err(format!(
-                "pyramid_steps {:?} must have one non-zero count per stage ({})",
-                self.pyramid_steps, s.stages
-            ));
+        if self.latent_channels == 0 || self.latent_frames_per_chunk == 0 {
+            return bad(
+                if self.latent_channels == 0 {
+                    "latent_channels"
+                } else {
+                    "latent_frames_per_chunk"
+                },
+                "must be positive",
+            );
         }
-        if !(s.gamma > 0.0 && s.gamma.is_finite()) {
-            return Err(format!("scheduler.gamma {} must be positive", s.gamma));
-        }
-        if s.use_dynamic_shifting && s.shift != 1.0 {
-            return Err("dynamic shifting requires shift = 1.0 (as diffusers asserts)".into());
-        }
+        // both factors are capped above, so this cannot overflow
         let unit = self.vae_scale_factor_spatial << s.stages;
-        if self.height == 0
-            || self.width == 0
-            || !self.height.is_multiple_of(unit)
-            || !self.width.is_multiple_of(unit)
-        {
-            return Err(format!(
-                "resolution {}x{} must be a positive multiple of {unit} for {} pyramid stages",
-                self.height, self.width, s.stages
-            ));
+        let fits = |side: usize| side > 0 && side.is_multiple_of(unit);
+        if !(fits(self.height) && fits(self.width)) {
+            return bad(
+                if fits(self.height) { "width" } else { "height" },
+                format!(
+                    "resolution {}x{} must be a positive multiple of {unit} for {} pyramid stages",
+                    self.height, self.width, s.stages
+                ),
+            );
         }
         if self.latents_mean.len() != self.latent_channels
             || self.latents_std.len() != self.latent_channels
         {
-            return Err(format!(
-                "latents_mean/std need {} values, got {}/{}",
-                self.latent_channels,
-                self.latents_mean.len(),
-                self.latents_std.len()
-            ));
+            return bad(
+                "latents_mean",
+                format!(
+                    "latents_mean/std need {} values, got {}/{}",
+                    self.latent_channels,
+                    self.latents_mean.len(),
+                    self.latents_std.len()
+                ),
+            );
+        }
+        if self.latents_mean.iter().any(|v| !v.is_finite()) {
+            return bad("latents_mean", "values must be finite");
         }
         if self
             .latents_std
             .iter()
-            .any(|v| v.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater))
+            .any(|v| !(v.is_finite() && *v > 0.0))
         {
-            return Err("latents_std must be positive".into());
+            return bad("latents_std", "latents_std must be positive and finite");
         }
-        if self.history_sizes.len() != 3 || self.history_sizes[2] != 1 {
-            return Err(format!(
-                "history_sizes {:?} must be [long, mid, 1] (keep_first_frame layout)",
-                self.history_sizes
-            ));
+        if self.history_sizes.len() != 3
+            || self.history_sizes[2] != 1
+            || self.history_sizes[0] == 0
+            || self.history_sizes[1] == 0
+        {
+            return bad(
+                "history_sizes",
+                format!(
+                    "{} must be [long, mid, 1] with long, mid > 0 (keep_first_frame layout)",
+                    crate::error::echo(&format!("{:?}", self.history_sizes))
+                ),
+            );
         }
         if self.block_noise_cholesky.len() != 4
             || self.block_noise_cholesky.iter().any(|row| row.len() != 4)
         {
-            return Err("block_noise_cholesky must be a 4x4 matrix".into());
+            return bad(
+                "block_noise_cholesky",
+                "block_noise_cholesky must be a 4x4 matrix",
+            );
         }
+        // L·Lᵀ is the block-noise covariance, whose diagonal is 1: every row has unit length
+        let unit_rows = self.block_noise_cholesky.iter().all(|row| {
+            let norm: f64 = row.iter().map(|v| f64::from(*v) * f64::from(*v)).sum();
+            (norm - 1.0).abs() < 1e-3
+        });
+        if !unit_rows {
+            return bad(
+                "block_noise_cholesky",
+                "rows must be finite with unit length (the covariance has a unit diagonal)",
+            );
+        }
+        self.validate_sizes()?;
         if let Some(t) = &self.text_encoder {
             if self.embeddings.seq_len != 1 {
-                return Err(format!(
-                    "a text encoder gives one prompt token, but embeddings.seq_len is {} (must be 1)",
-                    self.embeddings.seq_len
-                ));
+                return bad(
+                    "embeddings.seq_len",
+                    format!(
+                        "a text encoder gives one prompt token, but embeddings.seq_len is {} (must be 1)",
+                        self.embeddings.seq_len
+                    ),
+                );
             }
             if t.file.is_empty() || t.tokenizer.is_empty() {
-                return Err("text_encoder needs both `file` and `tokenizer`".into());
+                return bad(
+                    "text_encoder",
+                    "text_encoder needs both `file` and `tokenizer`",
+                );
             }
-            if t.max_tokens < 2 {
-                return Err(format!(
-                    "text_encoder.max_tokens {} leaves no room for a word ([CLS] and [SEP] count)",
-                    t.max_tokens
-                ));
+            if !(2..=MAX_TEXT_TOKENS).contains(&t.max_tokens) {
+                return bad(
+                    "text_encoder.max_tokens",
+                    format!(
+                        "text_encoder.max_tokens {} must be in 2..={MAX_TEXT_TOKENS} ([CLS] and [SEP] count)",
+                        t.max_tokens
+                    ),
+                );
             }
         }
         for key in REQUIRED_GRAPHS {
             if !self.graphs.contains_key(*key) {
-                return Err(format!("graph `{key}` is missing"));
+                return bad(format!("graphs.{key}"), format!("graph `{key}` is missing"));
             }
         }
         if let Some(w) = &self.shared_weights {
             if w.file.is_empty() || w.graphs.is_empty() {
-                return Err("shared_weights needs a `file` and at least one graph".into());
+                return bad(
+                    "shared_weights.graphs",
+                    "shared_weights needs a `file` and at least one graph",
+                );
             }
             if let Some(key) = w.graphs.iter().find(|k| !self.graphs.contains_key(*k)) {
-                return Err(format!(
-                    "shared_weights names graph `{key}`, which is missing"
-                ));
+                return bad(
+                    "shared_weights.graphs",
+                    format!(
+                        "shared_weights names graph `{}`, which is missing",
+                        crate::error::echo(key)
+                    ),
+                );
             }
         }
+        self.validate_files()?;
+        for (key, g) in &self.graphs {
+            for (side, specs) in [("inputs", &g.inputs), ("outputs", &g.outputs)] {
+                for t in specs {
+                    capped(
+                        &format!("graphs.{key}.{side}.{}", t.name),
+                        &t.shape,
+                        MAX_TENSOR_ELEMENTS,
+                    )?;
+                }
+            }
+        }
+        self.validate_graph_shapes()
+    }
+
+    /// Scheduler constants: counts in range, stage boundaries ordered, and a finite schedule.
+    fn validate_scheduler(&self) -> Result<(), InvalidField> {
+        let s = &self.scheduler;
+        if !(2..=MAX_TRAIN_TIMESTEPS).contains(&s.num_train_timesteps) {
+            return bad(
+                "scheduler.num_train_timesteps",
+                format!(
+                    "{} must be in 2..={MAX_TRAIN_TIMESTEPS}",
+                    s.num_train_timesteps
+                ),
+            );
+        }
+        if !(1..=MAX_STAGES).contains(&s.stages) {
+            return bad(
+                "scheduler.stages",
+                format!("{} must be in 1..={MAX_STAGES}", s.stages),
+            );
+        }
+        if s.stage_range.len() != s.stages + 1 {
+            return bad(
+                "scheduler.stage_range",
+                format!(
+                    "scheduler.stage_range has {} values for {} stages",
+                    s.stage_range.len(),
+                    s.stages
+                ),
+            );
+        }
+        let ordered = s.stage_range.windows(2).all(|p| p[0] < p[1]);
+        let in_unit = s.stage_range.iter().all(|v| (0.0..=1.0).contains(v));
+        if !(ordered && in_unit) {
+            return bad(
+                "scheduler.stage_range",
+                format!("{:?} must rise strictly within [0, 1]", s.stage_range),
+            );
+        }
+        if self.pyramid_steps.len() != s.stages
+            || self
+                .pyramid_steps
+                .iter()
+                .any(|n| !(1..=MAX_STEPS_PER_STAGE).contains(n))
+        {
+            return bad(
+                "pyramid_steps",
+                format!(
+                    "pyramid_steps {} must have one count in 1..={MAX_STEPS_PER_STAGE} per stage ({})",
+                    crate::error::echo(&format!("{:?}", self.pyramid_steps)),
+                    s.stages
+                ),
+            );
+        }
+        if !(s.gamma > 0.0 && s.gamma.is_finite()) {
+            return bad(
+                "scheduler.gamma",
+                format!("scheduler.gamma {} must be positive", s.gamma),
+            );
+        }
+        if !(s.shift > 0.0 && s.shift.is_finite()) {
+            return bad(
+                "scheduler.shift",
+                format!("{} must be positive and finite", s.shift),
+            );
+        }
+        if s.use_dynamic_shifting && s.shift != 1.0 {
+            return bad(
+                "scheduler.shift",
+                "dynamic shifting requires shift = 1.0 (as diffusers asserts)",
+            );
+        }
+        for (field, v) in [
+            ("scheduler.base_image_seq_len", s.base_image_seq_len),
+            ("scheduler.max_image_seq_len", s.max_image_seq_len),
+            ("scheduler.base_shift", s.base_shift),
+            ("scheduler.max_shift", s.max_shift),
+        ] {
+            if !v.is_finite() {
+                return bad(field, format!("{v} must be finite"));
+            }
+        }
+        if s.max_image_seq_len == s.base_image_seq_len {
+            return bad(
+                "scheduler.max_image_seq_len",
+                "must differ from base_image_seq_len (calculate_shift divides by the difference)",
+            );
+        }
+        Ok(())
+    }
+
+    /// Element counts of the tensors and state the numbers imply, with checked arithmetic.
+    fn validate_sizes(&self) -> Result<(), InvalidField> {
+        let (c, f) = (self.latent_channels, self.latent_frames_per_chunk);
+        let (h, w) = self.latent_hw();
+        capped(
+            "latent_frames_per_chunk",
+            &[c, f, h, w],
+            MAX_TENSOR_ELEMENTS,
+        )?;
+        let frames = f
+            .checked_sub(1)
+            .and_then(|n| n.checked_mul(self.vae_scale_factor_temporal))
+            .and_then(|n| n.checked_add(1))
+            .unwrap_or(usize::MAX);
+        capped(
+            "vae_scale_factor_temporal",
+            &[frames, 4, self.height, self.width],
+            MAX_TENSOR_ELEMENTS,
+        )?;
+        // the history ring plus the anchor frame
+        let ring = self
+            .history_sizes
+            .iter()
+            .try_fold(1usize, |a, b| a.checked_add(*b))
+            .unwrap_or(usize::MAX);
+        capped("history_sizes", &[ring, c, h, w], MAX_STATE_ELEMENTS)?;
+        let e = &self.embeddings;
+        if e.seq_len == 0 || e.dim == 0 {
+            return bad("embeddings.seq_len", "seq_len and dim must be positive");
+        }
+        capped("embeddings.dim", &[e.seq_len, e.dim], MAX_TENSOR_ELEMENTS)?;
+        Ok(())
+    }
+
+    /// File names stay inside the model directory; hashes are empty or hex.
+    fn validate_files(&self) -> Result<(), InvalidField> {
+        check_file_entry("embeddings", &self.embeddings.file, &self.embeddings.sha256)?;
+        if let Some(t) = &self.text_encoder {
+            check_file_entry("text_encoder", &t.file, &t.sha256)?;
+            check_file_entry("text_encoder.tokenizer", &t.tokenizer, &t.tokenizer_sha256)?;
+        }
+        if let Some(w) = &self.shared_weights {
+            check_file_entry("shared_weights", &w.file, &w.sha256)?;
+        }
+        for (i, d) in self.external_data.iter().enumerate() {
+            check_file_entry(&format!("external_data[{i}]"), &d.file, &d.sha256)?;
+        }
+        for (key, g) in &self.graphs {
+            check_file_entry(&format!("graphs.{key}"), &g.file, &g.sha256)?;
+        }
+        Ok(())
+    }
+
+    /// The shapes the denoiser and decoder graphs declare against the numbers they follow from, and the
+    /// schedule those numbers give.
+    fn validate_graph_shapes(&self) -> Result<(), InvalidField> {
+        let s = &self.scheduler;
+        let c = self.latent_channels;
+        let (h, w) = self.latent_hw();
+        let [long, mid, _] = [
+            self.history_sizes[0],
+            self.history_sizes[1],
+            self.history_sizes[2],
+        ];
         for stage in 0..s.stages {
             let key = Self::denoiser_key(stage);
             let Some(g) = self.graphs.get(&key) else {
-                return Err(format!("graph `{key}` is missing"));
+                return bad(format!("graphs.{key}"), format!("graph `{key}` is missing"));
             };
             let (hs, ws) = self.stage_hw(stage);
-            let want = [
-                1,
-                self.latent_channels,
-                self.latent_frames_per_chunk,
-                hs,
-                ws,
-            ];
+            let want = [1, c, self.latent_frames_per_chunk, hs, ws];
             match g.inputs.iter().find(|t| t.name == "hidden_states") {
                 Some(t) if t.shape == want => {}
                 Some(t) => {
-                    return Err(format!(
-                        "`{key}` hidden_states shape {:?}, expected {want:?}",
-                        t.shape
-                    ));
+                    return bad(
+                        format!("graphs.{key}.inputs.hidden_states"),
+                        format!(
+                            "`{key}` hidden_states shape {}, expected {want:?} from latent_channels, \
+                             latent_frames_per_chunk, height/width and the stage",
+                            shape_text(&t.shape)
+                        ),
+                    );
                 }
-                None => return Err(format!("`{key}` has no input `hidden_states`")),
+                None => {
+                    return bad(
+                        format!("graphs.{key}.inputs"),
+                        format!("`{key}` has no input `hidden_states`"),
+                    );
+                }
             }
             match g.inputs.iter().find(|t| t.name == "encoder_hidden_states") {
                 Some(t) if t.shape == [1, self.embeddings.seq_len, self.embeddings.dim] => {}
                 Some(t) => {
-                    return Err(format!(
-                        "`{key}` encoder_hidden_states shape {:?} disagrees with embeddings [1, {}, {}]",
-                        t.shape, self.embeddings.seq_len, self.embeddings.dim
-                    ));
+                    return bad(
+                        format!("graphs.{key}.inputs.encoder_hidden_states"),
+                        format!(
+                            "`{key}` encoder_hidden_states shape {} disagrees with embeddings [1, {}, {}]",
+                            shape_text(&t.shape),
+                            self.embeddings.seq_len,
+                            self.embeddings.dim
+                        ),
+                    );
                 }
-                None => return Err(format!("`{key}` has no input `encoder_hidden_states`")),
+                None => {
+                    return bad(
+                        format!("graphs.{key}.inputs"),
+                        format!("`{key}` has no input `encoder_hidden_states`"),
+                    );
+                }
+            }
+            // Optional names: the sessions check that the graph has them.
+            let declared = [
+                ("inputs", "latents_history_short", vec![1, c, 2, h, w]),
+                ("inputs", "latents_history_mid", vec![1, c, mid, h, w]),
+                ("inputs", "latents_history_long", vec![1, c, long, h, w]),
+                ("outputs", "velocity", want.to_vec()),
+            ];
+            for (side, name, want) in declared {
+                let specs = if side == "inputs" {
+                    &g.inputs
+                } else {
+                    &g.outputs
+                };
+                if let Some(t) = specs.iter().find(|t| t.name == name)
+                    && t.shape != want
+                {
+                    return bad(
+                        format!("graphs.{key}.{side}.{name}"),
+                        format!(
+                            "shape {}, expected {want:?} from latent_channels, height/width and history_sizes",
+                            shape_text(&t.shape)
+                        ),
+                    );
+                }
+            }
+        }
+        if let Some(g) = self.graphs.get("vae_decoder") {
+            let checks = [
+                (
+                    "inputs",
+                    &g.inputs,
+                    "latents",
+                    vec![1, c, self.latent_frames_per_chunk, h, w],
+                ),
+                (
+                    "outputs",
+                    &g.outputs,
+                    "video",
+                    vec![1, 3, self.frames_per_chunk(), self.height, self.width],
+                ),
+            ];
+            for (side, specs, name, want) in checks {
+                if let Some(t) = specs.iter().find(|t| t.name == name)
+                    && t.shape != want
+                {
+                    return bad(
+                        format!("graphs.vae_decoder.{side}.{name}"),
+                        format!(
+                            "shape {}, expected {want:?} from latent_frames_per_chunk, \
+                             vae_scale_factor_temporal and height/width",
+                            shape_text(&t.shape)
+                        ),
+                    );
+                }
+            }
+        }
+        // The schedule every chunk will use must be finite with σ in [0, 1].
+        let sampler = crate::core::sampler::Sampler::new(
+            self,
+            crate::core::sampler::SamplerOptions {
+                amplify_first_chunk: true,
+            },
+        );
+        for amplify in [false, true] {
+            for (stage, sched) in sampler.stage_schedules(amplify).iter().enumerate() {
+                let finite = sched.timesteps.iter().all(|t| t.is_finite() && *t >= 0.0)
+                    && sched.sigmas.iter().all(|v| (0.0..=1.0).contains(v));
+                if !finite || !sched.mu.is_finite() {
+                    return bad(
+                        "scheduler",
+                        format!(
+                            "stage {stage} gets a schedule outside [0, 1] (μ = {}); check shift, \
+                             base_shift/max_shift and base/max_image_seq_len",
+                            sched.mu
+                        ),
+                    );
+                }
             }
         }
         Ok(())
@@ -480,6 +940,7 @@ pub(crate) mod tests {
             },
             text_encoder: None,
             shared_weights: None,
+            external_data: Vec::new(),
             graphs,
         }
     }
@@ -501,20 +962,36 @@ pub(crate) mod tests {
     fn validate_rejects_inconsistent_manifests() {
         let mut m = tiny();
         m.pyramid_steps = vec![2, 2];
-        assert!(m.validate().unwrap_err().contains("pyramid_steps"));
+        assert!(
+            m.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("pyramid_steps")
+        );
         let mut m = tiny();
         m.height = 72;
-        assert!(m.validate().unwrap_err().contains("multiple of 64"));
+        assert!(
+            m.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("multiple of 64")
+        );
         let mut m = tiny();
         m.embeddings.dim = 48;
         assert!(
             m.validate()
                 .unwrap_err()
+                .to_string()
                 .contains("disagrees with embeddings")
         );
         let mut m = tiny();
         m.graphs.remove("denoiser_stage1");
-        assert!(m.validate().unwrap_err().contains("denoiser_stage1"));
+        assert!(
+            m.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("denoiser_stage1")
+        );
     }
 
     fn encoder_spec() -> TextEncoderSpec {
@@ -579,7 +1056,7 @@ pub(crate) mod tests {
             .unwrap()
             .graphs
             .push("denoiser_stage9".into());
-        let err = m.validate().unwrap_err();
+        let err = m.validate().unwrap_err().to_string();
         assert!(err.contains("denoiser_stage9"), "{err}");
     }
 
@@ -587,16 +1064,26 @@ pub(crate) mod tests {
     fn text_encoder_needs_one_token_prompts() {
         let mut m = tiny();
         m.text_encoder = Some(encoder_spec());
-        let err = m.validate().unwrap_err();
+        let err = m.validate().unwrap_err().to_string();
         assert!(
             err.contains("embeddings.seq_len is 16 (must be 1)"),
             "a 16-row bank cannot take one-token text embeddings: {err}"
         );
         let mut m = tiny_with_text_encoder();
         m.text_encoder.as_mut().unwrap().max_tokens = 1;
-        assert!(m.validate().unwrap_err().contains("max_tokens 1"));
+        assert!(
+            m.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("max_tokens 1")
+        );
         let mut m = tiny_with_text_encoder();
         m.text_encoder.as_mut().unwrap().tokenizer.clear();
-        assert!(m.validate().unwrap_err().contains("`tokenizer`"));
+        assert!(
+            m.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("`tokenizer`")
+        );
     }
 }

@@ -17,7 +17,7 @@ use crate::core::sampler::{
 };
 use crate::core::stream::{Chunk, ChunkTimings, GenerationState, StreamConfig};
 use crate::core::text::{PromptResolver, TextEncoder, check_prompt};
-use crate::error::HeliosError;
+use crate::error::{HeliosError, echo};
 
 /// I2V noise ranges: the pipeline's `image_noise_sigma_min/max` and `video_noise_sigma_min/max` defaults.
 const IMAGE_NOISE_SIGMA: (f32, f32) = (0.111, 0.135);
@@ -34,6 +34,8 @@ pub struct HeliosModel<N = OrtModel> {
     text: Option<TextEncoder>,
     sampler: Sampler,
     nets: N,
+    /// [`ModelManifest::model_hash`], stamped on new streams and checked on saved ones.
+    model_hash: String,
 }
 
 impl HeliosModel<OrtModel> {
@@ -103,11 +105,14 @@ impl HeliosModel<OrtModel> {
         height: u32,
         noise: &mut dyn NoiseSource,
     ) -> Result<(), HeliosError> {
+        self.check_state(state)?;
         if !self.nets.has_encoder() {
-            return Err(HeliosError::InvalidInput(format!(
-                "model `{}` has no VAE encoder graphs; image conditioning needs them",
-                self.manifest.name
-            )));
+            return Err(HeliosError::Unsupported {
+                what: format!(
+                    "image conditioning: model `{}` has no VAE encoder graphs",
+                    self.manifest.name
+                ),
+            });
         }
         let frame = image_to_video(
             rgba,
@@ -123,7 +128,7 @@ impl HeliosModel<OrtModel> {
         let clip_frames = self.manifest.frames_per_chunk();
         let clip = frame
             .broadcast((1, 3, clip_frames, frame.dim().3, frame.dim().4))
-            .ok_or_else(|| HeliosError::InvalidInput("image broadcast failed".into()))?
+            .ok_or_else(|| HeliosError::internal("broadcasting the image to a clip"))?
             .to_owned();
         let (cmean, clogvar) = self.nets.encode(&clip)?;
         let clip_latents = self.posterior_normalised(&cmean, &clogvar, noise)?;
@@ -217,7 +222,8 @@ pub fn image_to_video(
 }
 
 impl<N: Denoiser + Decoder> HeliosModel<N> {
-    /// Assembles a model from parts (tests use fake networks).
+    /// Assembles a model from parts (tests use fake networks). `manifest` should have passed
+    /// [`ModelManifest::validate`] ([`ModelManifest::load`] does that); its sizes are trusted here.
     pub fn with_networks(manifest: ModelManifest, bank: EmbeddingBank, nets: N) -> Self {
         let sampler = Sampler::new(
             &manifest,
@@ -226,6 +232,7 @@ impl<N: Denoiser + Decoder> HeliosModel<N> {
             },
         );
         Self {
+            model_hash: manifest.model_hash(),
             manifest,
             bank,
             text: None,
@@ -271,9 +278,9 @@ impl<N: Denoiser + Decoder> HeliosModel<N> {
         self.text.as_ref()
     }
 
-    /// Checks prompt weights: positive total, and every key a bank name or, with a text encoder,
-    /// non-empty text ([`HeliosError::UnknownPrompt`] / [`HeliosError::EmptyPrompt`] otherwise). Cheap:
-    /// free text is embedded when a chunk needs it.
+    /// Checks prompt weights: finite, not negative, positive total ([`HeliosError::InvalidWeights`]), and
+    /// every key a bank name or, with a text encoder, non-empty text ([`HeliosError::UnknownPrompt`] /
+    /// [`HeliosError::EmptyPrompt`] otherwise). Cheap: free text is embedded when a chunk needs it.
     pub fn check_prompt(&self, weights: &PromptWeights) -> Result<(), HeliosError> {
         check_prompt(&self.bank, self.text.as_ref(), weights)
     }
@@ -313,35 +320,76 @@ impl<N: Denoiser + Decoder> HeliosModel<N> {
     pub fn new_stream(&self, config: &StreamConfig) -> Result<GenerationState, HeliosError> {
         self.check_prompt(&config.prompt)?;
         let (h, w) = self.manifest.latent_hw();
-        let sizes = [
-            self.manifest.history_sizes[0],
-            self.manifest.history_sizes[1],
-            self.manifest.history_sizes[2],
-        ];
         Ok(GenerationState {
             model: self.manifest.name.clone(),
+            model_hash: self.model_hash.clone(),
             seed: config.seed,
             chunk_index: 0,
             noise: SeededNoise::new(config.seed),
-            history: HistoryRing::new(sizes, self.manifest.latent_channels, h, w),
+            history: HistoryRing::try_new(
+                self.history_sizes(),
+                self.manifest.latent_channels,
+                h,
+                w,
+            )?,
             prompt: PromptCrossfade::new(config.prompt.clone(), config.crossfade_chunks),
         })
     }
 
-    /// Restores a saved state, checking it belongs to this model.
+    /// `[long, mid, 1]` of the manifest (validated to have three entries).
+    fn history_sizes(&self) -> [usize; 3] {
+        let s = &self.manifest.history_sizes;
+        [s[0], s[1], s[2]]
+    }
+
+    /// This model's name and hash as errors show them.
+    fn identity(&self) -> String {
+        format!("`{}` ({})", self.manifest.name, self.model_hash)
+    }
+
+    /// Checks that `state` belongs to this model and that everything the sampler indexes with is in
+    /// range: model name and hash ([`HeliosError::StateModelMismatch`]), history layout and head, anchor,
+    /// generator, chunk index and prompt crossfade ([`HeliosError::StateInvalid`] naming the field). Cheap
+    /// (no pass over the latents); every chunk runs it.
+    pub fn check_state(&self, state: &GenerationState) -> Result<(), HeliosError> {
+        let hash_differs = !state.model_hash.is_empty() && state.model_hash != self.model_hash;
+        if state.model != self.manifest.name || hash_differs {
+            return Err(HeliosError::StateModelMismatch {
+                expected: self.identity(),
+                found: format!(
+                    "`{}` ({})",
+                    echo(&state.model),
+                    if state.model_hash.is_empty() {
+                        "no hash"
+                    } else {
+                        &state.model_hash
+                    }
+                ),
+            });
+        }
+        if state.chunk_index == u64::MAX {
+            return Err(HeliosError::state(
+                "chunk_index",
+                "the stream is at the last chunk index",
+            ));
+        }
+        let (h, w) = self.manifest.latent_hw();
+        state
+            .history
+            .check_layout(self.history_sizes(), self.manifest.latent_channels, h, w)?;
+        state.noise.check()?;
+        state.prompt.validate()
+    }
+
+    /// Restores a saved state: [`Self::check_state`], every history value finite, and every prompt name
+    /// known to this model. A state saved before model hashes existed is checked by name only.
     pub fn restore(&self, ron_text: &str) -> Result<GenerationState, HeliosError> {
         let state = GenerationState::from_ron(ron_text)?;
-        if state.model != self.manifest.name {
-            return Err(HeliosError::InvalidInput(format!(
-                "saved state is for model `{}`, this is `{}`",
-                state.model, self.manifest.name
-            )));
-        }
-        let fresh = self.new_stream(&StreamConfig::new(state.prompt.target.clone(), state.seed))?;
-        if fresh.history.window().dim() != state.history.window().dim() {
-            return Err(HeliosError::InvalidInput(
-                "saved history has the wrong shape for this model".into(),
-            ));
+        self.check_state(&state)?;
+        state.history.check_values()?;
+        self.check_prompt(&state.prompt.target)?;
+        if let Some(from) = &state.prompt.from {
+            self.check_prompt(from)?;
         }
         Ok(state)
     }
@@ -364,6 +412,11 @@ impl<N: Denoiser + Decoder> HeliosModel<N> {
         noise: &mut dyn NoiseSource,
         observer: &mut dyn SamplerObserver,
     ) -> Result<Chunk, HeliosError> {
+        self.check_state(state)?;
+        let next_index = state
+            .chunk_index
+            .checked_add(1)
+            .ok_or_else(|| HeliosError::state("chunk_index", "at its limit"))?;
         let (weights, text) = state
             .prompt
             .next_embedding_from(&mut PromptResolver::new(&self.bank, self.text.as_mut()))?;
@@ -394,7 +447,7 @@ impl<N: Denoiser + Decoder> HeliosModel<N> {
         } else {
             self.host_chunk(index, &text, state, noise, observer, t0)?
         };
-        state.chunk_index += 1;
+        state.chunk_index = next_index;
         Ok(Chunk {
             index,
             width: self.manifest.width as u32,

@@ -74,9 +74,9 @@ impl TextEncoder {
         intra_threads: Option<usize>,
     ) -> Result<Self, HeliosError> {
         if max_tokens < 2 {
-            return Err(HeliosError::InvalidInput(format!(
-                "text encoder max_tokens {max_tokens} leaves no room for a word"
-            )));
+            return Err(HeliosError::Unsupported {
+                what: format!("text encoder max_tokens {max_tokens}: no room for a word"),
+            });
         }
         let mut tok = Tokenizer::from_file(tokenizer).map_err(|e| HeliosError::ModelCorrupt {
             path: tokenizer.to_path_buf(),
@@ -125,10 +125,9 @@ impl TextEncoder {
         if text.trim().is_empty() {
             return Err(HeliosError::EmptyPrompt);
         }
-        let encoding = self
-            .tokenizer
-            .encode(text, true)
-            .map_err(|e| HeliosError::InvalidInput(format!("cannot tokenize `{text}`: {e}")))?;
+        let encoding = self.tokenizer.encode(text, true).map_err(|e| {
+            HeliosError::internal(format!("tokenizing `{}`: {e}", crate::error::echo(text)))
+        })?;
         let ids: Vec<i64> = encoding.get_ids().iter().map(|&i| i64::from(i)).collect();
         let mask: Vec<i64> = encoding
             .get_attention_mask()

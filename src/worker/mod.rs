@@ -168,7 +168,7 @@ pub(crate) fn spawn_worker(
             commands.insert_resource(handle);
         }
         Err(e) => {
-            let error = Arc::new(crate::error::HeliosError::InvalidInput(format!(
+            let error = Arc::new(HeliosError::internal(format!(
                 "could not start the helios-worker thread: {e}"
             )));
             tracing::error!("{error}");

@@ -101,7 +101,7 @@ impl Worker {
         let result = catch_unwind(AssertUnwindSafe(|| backend.load(&request, &mut progress)));
         let result = match result {
             Ok(r) => r,
-            Err(panic) => Err(HeliosError::InvalidInput(format!(
+            Err(panic) => Err(HeliosError::internal(format!(
                 "loading the model panicked: {}",
                 panic_message(panic.as_ref())
             ))),
@@ -184,7 +184,7 @@ impl Worker {
                 self.model = None;
                 self.restarts += 1;
                 if self.restarts > self.config.max_restarts {
-                    let err = HeliosError::InvalidInput(format!(
+                    let err = HeliosError::internal(format!(
                         "the worker crashed {} times (last: {message}); giving up",
                         self.restarts
                     ));

@@ -704,10 +704,8 @@ FUSED_WEIGHTS = "denoiser_weights.safetensors"  # --fused-kernels: the denoisers
 # --fused-kernels: the fused denoisers are run in onnx.reference against torch only up to this many parameters
 # (the tiny model; a 14B forward in numpy is hopeless). Larger models get the checker + I/O checks.
 FUSED_REFERENCE_MAX_PARAMS = 50_000_000
-# --fused-weights: the shared weights' sha256 goes into the manifest only up to this size ("" above it). The Rust
-# loader checks hashes only up to the same 1 GiB (src/core/runtime/session.rs HASH_LIMIT_BYTES); hashing the 14B
-# model's 28.6 GB would cost about a minute for a hash nobody checks.
-SHARED_WEIGHTS_HASH_MAX_BYTES = 1 << 30
+# --fused-weights: the shared weights' sha256 goes into the manifest at any size. The Rust loader hashes every file
+# it loads when verify_hashes is on (src/core/runtime/session.rs check_sized_file), one streamed pass per file.
 EXTERNAL_ALIGN = 4096  # page-aligned offsets let onnxruntime map tensors instead of copying them
 
 
@@ -904,6 +902,25 @@ def ron_tensor_list(specs, indent: str) -> str:
     return "[\n" + "\n".join(lines) + f"\n{indent}]"
 
 
+def ron_external_data(out: Path, graphs: dict, shared_weights: dict | None) -> list[str]:
+    """The optional `external_data: [...]` field (`DataFileSpec`): every ONNX external-data file the graphs read,
+    with its sha256 and size, so the loader can verify weights as it verifies graphs. The shared weights file has
+    its own field. Absent when the graphs carry their weights inline."""
+    shared = shared_weights["file"] if shared_weights else None
+    names = sorted({name for g in graphs.values() if (out / g["file"]).exists()
+                    for name in external_data_files(out / g["file"]) if name != shared})
+    if not names:
+        return []
+    lines = ["    external_data: ["]
+    for name in names:
+        path = out / name
+        if not path.exists():
+            raise SystemExit(f"{path}: external data of a graph is missing")
+        lines.append(f"        (file: {ron_str(name)}, sha256: {ron_str(sha256_file(path))}, "
+                     f"bytes: {path.stat().st_size}),")
+    return lines + ["    ],"]
+
+
 def write_manifest(out: Path, meta: dict) -> Path:
     """Writes manifest.ron in the field order of src/core/manifest.rs `ModelManifest`."""
     s = meta["scheduler"]
@@ -949,6 +966,7 @@ def write_manifest(out: Path, meta: dict) -> Path:
         "    ),",
         *ron_text_encoder(meta.get("text_encoder")),
         *ron_shared_weights(meta.get("shared_weights")),
+        *ron_external_data(out, meta["graphs"], meta.get("shared_weights")),
         "    graphs: {",
     ]
     for key, g in meta["graphs"].items():
@@ -1327,7 +1345,7 @@ def fused_denoisers_from_file(transformer, weights: Path, out: Path, dtype: str,
     """`--fused-weights`: fused_graph.export_denoisers without writing the weights. The graphs are built from the
     module's structure alone (`transformer` may be on the meta device) and point into `weights`, which is checked
     against the layout the builder plans, then moved into `out` (`place_fused_weights`). Same summary as
-    export_denoisers; the sha256 only for files up to SHARED_WEIGHTS_HASH_MAX_BYTES ("" above)."""
+    export_denoisers, with the file's sha256."""
     import onnx
 
     import fused_graph
@@ -1341,7 +1359,7 @@ def fused_denoisers_from_file(transformer, weights: Path, out: Path, dtype: str,
         + place_fused_weights(weights, out))
     index = {e.name: {"param": e.param, "dtype": fused_graph.ST_DTYPE[e.dtype], "shape": list(e.shape),
                       "offset": e.offset, "length": e.length} for e in entries}
-    sha = sha256_file(out / FUSED_WEIGHTS) if size <= SHARED_WEIGHTS_HASH_MAX_BYTES else ""
+    sha = sha256_file(out / FUSED_WEIGHTS)
     summary = {
         "dtype": dtype, "height": height, "width": width, "text_seq_len": seq, "layers": meta.layers,
         "shared_weights": {"file": FUSED_WEIGHTS, "sha256": sha, "bytes": size, "tensors": len(index),

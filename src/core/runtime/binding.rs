@@ -181,10 +181,9 @@ impl HostTensor {
                 }
                 Ok(())
             }
-            DType::F64 | DType::I64 | DType::U8 => Err(HeliosError::InvalidInput(format!(
-                "{what} is {:?}, not an f32/bf16/f16 tensor",
-                self.dtype
-            ))),
+            DType::F64 | DType::I64 | DType::U8 => Err(HeliosError::Unsupported {
+                what: format!("{what} is {:?}, not an f32/bf16/f16 tensor", self.dtype),
+            }),
         }
     }
 
@@ -209,9 +208,9 @@ impl HostTensor {
                 data.fill(int);
                 Ok(())
             }
-            DType::U8 => Err(HeliosError::InvalidInput(format!(
-                "{what} is U8, not a scalar input"
-            ))),
+            DType::U8 => Err(HeliosError::Unsupported {
+                what: format!("{what} is U8, not a scalar input"),
+            }),
             _ => self.fill_f32(|d| {
                 d.fill(float as f32);
                 Ok(())
@@ -249,10 +248,9 @@ impl HostTensor {
                 }
             }
             DType::F64 | DType::I64 | DType::U8 => {
-                return Err(HeliosError::InvalidInput(format!(
-                    "{what} is {:?}, not an f32/bf16/f16 tensor",
-                    self.dtype
-                )));
+                return Err(HeliosError::Unsupported {
+                    what: format!("{what} is {:?}, not an f32/bf16/f16 tensor", self.dtype),
+                });
             }
         }
         Ok(())

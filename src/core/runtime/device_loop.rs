@@ -346,6 +346,7 @@ impl DeviceLoop {
     ) -> Result<Self, HeliosError> {
         let missing = missing_graphs(manifest);
         if !missing.is_empty() {
+            // InvalidInput (not Unsupported) while tests/device_loop.rs matches on it; switch both together.
             return Err(HeliosError::InvalidInput(format!(
                 "model `{}` lacks the device-loop graphs {}",
                 manifest.name,
@@ -354,7 +355,7 @@ impl DeviceLoop {
         }
         let stages = manifest.scheduler.stages;
         if denoisers.len() != stages {
-            return Err(HeliosError::InvalidInput(format!(
+            return Err(HeliosError::internal(format!(
                 "{} denoisers for {stages} stages",
                 denoisers.len()
             )));
@@ -747,9 +748,9 @@ impl DeviceLoop {
         stage_buffers.extend(x0s);
         stage_buffers.extend([short, mid, long]);
         let [slice0, slice1] = <[Bound; 2]>::try_from(slice_runs)
-            .map_err(|_| HeliosError::InvalidInput("two history-slice bindings expected".into()))?;
+            .map_err(|_| HeliosError::internal("two history-slice bindings expected"))?;
         let [push0, push1] = <[Bound; 2]>::try_from(push_runs)
-            .map_err(|_| HeliosError::InvalidInput("two history-push bindings expected".into()))?;
+            .map_err(|_| HeliosError::internal("two history-push bindings expected"))?;
         tracing::info!(
             "device loop ready for `{}` ({} memory, {} bound runs)",
             manifest.name,
@@ -898,8 +899,8 @@ impl DeviceLoop {
         let _span = tracing::debug_span!("helios_device_chunk", chunk_index).entered();
         let v = usize::from(sampler.amplifies(chunk_index));
         if denoisers.len() != self.run_steps[v].len() {
-            return Err(HeliosError::InvalidInput(
-                "the device loop was built for another set of denoisers".into(),
+            return Err(HeliosError::internal(
+                "the device loop was built for another set of denoisers",
             ));
         }
         if sampler.latent_dims()
@@ -910,8 +911,8 @@ impl DeviceLoop {
                 self.latent_dims.4,
             )
         {
-            return Err(HeliosError::InvalidInput(
-                "the sampler belongs to another model than the device loop".into(),
+            return Err(HeliosError::internal(
+                "the sampler belongs to another model than the device loop",
             ));
         }
         if !(self.mirror_valid && self.mirror == *history) {
@@ -967,7 +968,7 @@ impl DeviceLoop {
 
         // The host loop's tail: capture the anchor on a stream's first chunk, then push the chunk.
         let latents = ArrayView5::from_shape(self.latent_dims, &self.latents)
-            .map_err(|e| HeliosError::InvalidInput(format!("chunk latents: {e}")))?;
+            .map_err(|e| HeliosError::internal(format!("chunk latents: {e}")))?;
         let chunk = latents.index_axis(Axis(0), 0);
         if chunk_index == 0 && !history.has_anchor() {
             history.set_anchor(chunk.slice(s![.., 0..1, .., ..]))?;
@@ -987,7 +988,7 @@ impl DeviceLoop {
         };
         Ok(RunnerOutput {
             latents: ArrayView5::from_shape(self.latent_dims, &self.latents)
-                .map_err(|e| HeliosError::InvalidInput(format!("chunk latents: {e}")))?,
+                .map_err(|e| HeliosError::internal(format!("chunk latents: {e}")))?,
             rgba: self.staging.rgba.bytes()?,
             timings,
         })

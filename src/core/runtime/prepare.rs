@@ -169,6 +169,7 @@ pub fn prepare(
         Provider::TensorRt(o) => Some(o.clone()),
         _ => None,
     }) else {
+        // InvalidInput (not Unsupported) while tests/runtime.rs matches on it; switch both together.
         return Err(HeliosError::InvalidInput(
             "the provider chain has no TensorRT entry to prepare".into(),
         ));
@@ -218,7 +219,7 @@ pub fn prepare(
     }
     let record = EngineRecord::new(&manifest, &options);
     let text = ron::ser::to_string_pretty(&record, Default::default())
-        .map_err(|e| HeliosError::InvalidInput(format!("engine record: {e}")))?;
+        .map_err(|e| HeliosError::internal(format!("serialising the engine record: {e}")))?;
     let record_path = cache_dir.join(RECORD_FILE);
     std::fs::write(&record_path, text).map_err(|source| HeliosError::Io {
         path: record_path,

@@ -17,7 +17,8 @@ use safetensors::Dtype;
 
 use super::kernels::DeviceBuffer;
 use super::provider::Provider;
-use crate::error::HeliosError;
+use crate::core::limits::{MAX_TENSOR_ELEMENTS, check_elements};
+use crate::error::{HeliosError, echo};
 
 /// Largest safetensors header accepted (the 14B model's is about 100 kB).
 const MAX_HEADER_BYTES: u64 = 64 << 20;
@@ -75,7 +76,7 @@ impl SharedWeights {
         file.read_exact(&mut header).map_err(io(path))?;
         let metadata: safetensors::tensor::Metadata = serde_json::from_slice(&header)
             .map_err(|e| corrupt(path, format!("safetensors header: {e}")))?;
-        let data_start = 8 + header_len;
+        let data_start = 8 + header_len; // header_len is capped above
         let file_len = file.metadata().map_err(io(path))?.len();
         let mut entries: Vec<_> = metadata.tensors().into_iter().collect();
         // File order: sequential reads.
@@ -92,10 +93,13 @@ impl SharedWeights {
         let mut host = Vec::new();
         for (name, info) in entries {
             let (begin, end) = (info.data_offsets.0 as u64, info.data_offsets.1 as u64);
-            if data_start + end > file_len {
+            if begin > end || data_start.saturating_add(end) > file_len {
                 return Err(corrupt(
                     path,
-                    format!("tensor `{name}` ends past the end of the file"),
+                    format!(
+                        "tensor `{}` has offsets {begin}..{end} outside the file",
+                        echo(&name)
+                    ),
                 ));
             }
             let elem = match info.dtype {
@@ -108,14 +112,19 @@ impl SharedWeights {
                     ));
                 }
             };
-            let count: usize = info.shape.iter().product();
+            let count = check_elements(
+                &format!("shared weight `{}` in {}", echo(&name), path.display()),
+                &info.shape,
+                MAX_TENSOR_ELEMENTS,
+            )?;
+            // count ≤ 2^31, so the byte size fits
             let want = count
                 * if elem == TensorElementType::Float32 {
                     4
                 } else {
                     2
                 };
-            if (end - begin) as usize != want {
+            if end - begin != want as u64 {
                 return Err(corrupt(
                     path,
                     format!(

@@ -4,6 +4,7 @@
 use ndarray::{Array4, Array5, ArrayView4, Axis, s};
 use serde::{Deserialize, Serialize};
 
+use crate::core::limits::{MAX_STATE_ELEMENTS, check_elements};
 use crate::error::HeliosError;
 
 /// The three history terms as the transformer takes them, `[1, C, T, h, w]` each.
@@ -37,6 +38,8 @@ pub struct HistoryRing {
 
 impl HistoryRing {
     /// An all-zero ring for `sizes = [long, mid, 1]`.
+    ///
+    /// Panics if the ring does not fit in memory; [`Self::try_new`] returns an error instead.
     pub fn new(sizes: [usize; 3], channels: usize, height: usize, width: usize) -> Self {
         let len: usize = sizes.iter().sum();
         Self {
@@ -48,6 +51,106 @@ impl HistoryRing {
             head: 0,
             anchor: None,
         }
+    }
+
+    /// [`Self::new`], refusing rings (plus anchor) above [`MAX_STATE_ELEMENTS`] with
+    /// [`HeliosError::AllocationTooLarge`] before allocating.
+    pub fn try_new(
+        sizes: [usize; 3],
+        channels: usize,
+        height: usize,
+        width: usize,
+    ) -> Result<Self, HeliosError> {
+        let frames = sizes
+            .iter()
+            .try_fold(1usize, |a, b| a.checked_add(*b))
+            .unwrap_or(usize::MAX);
+        check_elements(
+            "history ring and anchor",
+            &[frames, channels, height, width],
+            MAX_STATE_ELEMENTS,
+        )?;
+        if sizes[2] != 1 {
+            return Err(HeliosError::Unsupported {
+                what: format!("history sizes {sizes:?} (the newest term must be one frame)"),
+            });
+        }
+        Ok(Self::new(sizes, channels, height, width))
+    }
+
+    /// Checks a ring that came from outside (a saved state) against the layout a model expects:
+    /// sizes and grid, storage length, head inside the ring, anchor length. O(1); these are what the ring's
+    /// indexing relies on. [`HeliosError::StateInvalid`] names the field.
+    pub fn check_layout(
+        &self,
+        sizes: [usize; 3],
+        channels: usize,
+        height: usize,
+        width: usize,
+    ) -> Result<(), HeliosError> {
+        if self.sizes != sizes {
+            return Err(HeliosError::state(
+                "history.sizes",
+                format!("{:?}, the model has {sizes:?}", self.sizes),
+            ));
+        }
+        if (self.channels, self.height, self.width) != (channels, height, width) {
+            return Err(HeliosError::state(
+                "history.channels",
+                format!(
+                    "[{}, {}, {}] latents, the model has [{channels}, {height}, {width}]",
+                    self.channels, self.height, self.width
+                ),
+            ));
+        }
+        // the model's layout passed the caps, so these products cannot overflow
+        let (len, fs) = (self.len(), self.frame_size());
+        if self.frames.len() != len * fs {
+            return Err(HeliosError::state(
+                "history.frames",
+                format!(
+                    "{} values, {len} frames need {}",
+                    self.frames.len(),
+                    len * fs
+                ),
+            ));
+        }
+        if self.head >= len {
+            return Err(HeliosError::state(
+                "history.head",
+                format!("{} is outside the ring of {len} frames", self.head),
+            ));
+        }
+        if let Some(anchor) = &self.anchor
+            && anchor.len() != fs
+        {
+            return Err(HeliosError::state(
+                "history.anchor",
+                format!("{} values, one frame is {fs}", anchor.len()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks every stored value is finite (a damaged save would otherwise surface as the model producing
+    /// NaN). O(ring size); run on restore.
+    pub fn check_values(&self) -> Result<(), HeliosError> {
+        let bad = |v: &&f32| !v.is_finite();
+        if let Some(i) = self.frames.iter().position(|v| !v.is_finite()) {
+            return Err(HeliosError::state(
+                "history.frames",
+                format!("value {i} is {}", self.frames[i]),
+            ));
+        }
+        if let Some(n) = self.anchor.as_ref().map(|a| a.iter().filter(bad).count())
+            && n > 0
+        {
+            return Err(HeliosError::state(
+                "history.anchor",
+                format!("{n} values are not finite"),
+            ));
+        }
+        Ok(())
     }
 
     fn len(&self) -> usize {
@@ -281,6 +384,35 @@ mod tests {
         let mut other = HistoryRing::new([16, 2, 1], 3, 2, 2);
         other.copy_from(&ring);
         assert_eq!(other, ring, "copy_from must give an equal ring");
+    }
+
+    #[test]
+    fn layout_checks_catch_damaged_rings() {
+        let good = HistoryRing::new([16, 2, 1], 2, 1, 1);
+        good.check_layout([16, 2, 1], 2, 1, 1).unwrap();
+        let field = |r: &HistoryRing| match r.check_layout([16, 2, 1], 2, 1, 1) {
+            Err(HeliosError::StateInvalid { field, .. }) => field,
+            other => panic!("expected StateInvalid, got {other:?}"),
+        };
+        let mut r = good.clone();
+        r.head = 19;
+        assert_eq!(field(&r), "history.head");
+        let mut r = good.clone();
+        r.frames.pop();
+        assert_eq!(field(&r), "history.frames");
+        let mut r = good.clone();
+        r.anchor = Some(vec![0.0]);
+        assert_eq!(field(&r), "history.anchor");
+        let mut r = good.clone();
+        r.sizes = [usize::MAX, 2, 1];
+        assert_eq!(field(&r), "history.sizes");
+        let mut r = good;
+        r.frames[3] = f32::NAN;
+        assert!(r.check_values().is_err());
+        assert!(matches!(
+            HistoryRing::try_new([usize::MAX, 2, 1], 16, 8, 8),
+            Err(HeliosError::AllocationTooLarge { .. })
+        ));
     }
 
     #[test]

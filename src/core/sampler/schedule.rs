@@ -82,8 +82,11 @@ pub fn linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
 
 impl PyramidSchedule {
     /// Builds the per-stage bookkeeping of `init_sigmas_for_each_stage`.
+    ///
+    /// `config` is expected to have passed [`crate::core::manifest::ModelManifest::validate`]; indices are
+    /// clamped anyway, so a config that did not never panics here.
     pub fn new(config: &SchedulerConfig) -> Self {
-        let n = config.num_train_timesteps as usize;
+        let n = (config.num_train_timesteps as usize).max(2);
         let sigmas = global_sigmas(config);
         let timesteps: Vec<f64> = sigmas.iter().map(|s| s * n as f64).collect();
         let stages = config.stages;
@@ -91,8 +94,9 @@ impl PyramidSchedule {
         let mut distance = Vec::with_capacity(stages);
         for s in 0..stages {
             // `as usize` saturates negatives to 0, as the reference clamps with max(.., 0)
-            let start_idx = (config.stage_range[s] * n as f64) as usize;
-            let end_idx = ((config.stage_range[s + 1] * n as f64) as usize).min(n);
+            let range = |i: usize| config.stage_range.get(i).copied().unwrap_or(1.0);
+            let start_idx = ((range(s) * n as f64) as usize).min(n - 1);
+            let end_idx = ((range(s + 1) * n as f64) as usize).min(n);
             let mut start_sigma = sigmas[start_idx];
             let end_sigma = if end_idx < n { sigmas[end_idx] } else { 0.0 };
             ori_start_sigmas.push(start_sigma);
@@ -117,7 +121,7 @@ impl PyramidSchedule {
             } else {
                 distance[..=s].iter().sum::<f64>() / total
             };
-            let t_max = timesteps[(start_ratio * n as f64) as usize].min(999.0);
+            let t_max = timesteps[((start_ratio * n as f64) as usize).min(n - 1)].min(999.0);
             let t_min = timesteps[((end_ratio * n as f64) as usize).min(n - 1)];
             // The stage grid is linspace(t_max, t_min, N+1) without its last point: its max is t_max,
             // its min the second-to-last point.
@@ -148,7 +152,7 @@ impl PyramidSchedule {
 
     /// `set_timesteps(steps, stage, mu, amplify)` for a multi-stage scheduler.
     pub fn stage(&self, stage: usize, steps: usize, mu: f64, amplify: bool) -> StageSchedule {
-        let n = self.config.num_train_timesteps as usize;
+        let n = (self.config.num_train_timesteps as usize).max(2);
         let m = if amplify { 2 * steps + 1 } else { steps + 1 };
         let (t_first, t_last) = self.stage_t_range[stage];
         let mut timesteps = linspace(t_first, t_last, m);
