@@ -674,9 +674,14 @@ fn scripted_run(
                 .map(|(_, n, ..)| n.to_string())
                 .collect();
             error!(
-                "demo: video did not start within {} s of the model being ready (waiting: {})",
+                "demo: video did not start within {} s of the model being ready ({} frames rendered, {WARMUP_FRAMES} needed; screens without video: {})",
                 args.timeout,
-                waiting.join(", ")
+                script.frame,
+                if waiting.is_empty() {
+                    "none".to_string()
+                } else {
+                    waiting.join(", ")
+                }
             );
             exit.write(AppExit::from_code(2));
         }
