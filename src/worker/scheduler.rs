@@ -695,7 +695,7 @@ mod tests {
         sim.run(600.0, 20.0, &params, Policy::Old);
         eprintln!("old order, 3 streams at 20 fps: chunks {:?}", sim.chunks);
         assert!(
-            sim.chunks.iter().any(|&c| c == 0),
+            sim.chunks.contains(&0),
             "the priority-then-size order gives some stream nothing under overload: {:?}",
             sim.chunks
         );
