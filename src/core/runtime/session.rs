@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
 use ndarray::{Array3, Array5, ArrayD, Ix5};
 use ort::session::builder::GraphOptimizationLevel;
@@ -373,7 +374,7 @@ pub(crate) fn build_session(
     if let Some(weights) = shared {
         builder = weights.apply(builder).map_err(|e| (false, e))?;
     }
-    builder.commit_from_file(path).map_err(|e| {
+    commit_first_with_domain(|| builder.commit_from_file(path)).map_err(|e| {
         let msg = e.to_string();
         // Provider libraries load lazily at commit: classify their failures as provider failures.
         let provider_fault = msg.contains("Failed to load library")
@@ -381,6 +382,26 @@ pub(crate) fn build_session(
             || msg.contains("ExecutionProvider");
         (provider_fault && !matches!(provider, Provider::Cpu), msg)
     })
+}
+
+/// Commits a session, one thread at a time until the first commit in this process has succeeded.
+///
+/// ONNX Runtime adds a custom operator domain (ours, `com.helios`) to ONNX's process-wide domain table with an
+/// unlocked check-then-insert, so two sessions committed at once on different threads can both insert and the
+/// second fails with "domain is already exist". Once one commit has put the domain in the table, later commits
+/// only read it and run in parallel.
+fn commit_first_with_domain(commit: impl FnOnce() -> ort::Result<Session>) -> ort::Result<Session> {
+    static DOMAIN_REGISTERED: Mutex<bool> = Mutex::new(false);
+    let mut registered = DOMAIN_REGISTERED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if *registered {
+        drop(registered);
+        return commit();
+    }
+    let session = commit()?;
+    *registered = true;
+    Ok(session)
 }
 
 /// All sessions of a model directory, on one provider, and the device loop when it is in use.
