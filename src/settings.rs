@@ -1,10 +1,11 @@
 //! [`HeliosSettings`]: where the model is, which providers to try, how fast to play and how much to
 //! generate ahead. Pass it to [`HeliosPlugin::with_settings`](crate::plugin::HeliosPlugin::with_settings)
 //! or insert the resource before the plugin. The model, providers, GPU budget and backend are read
-//! when the worker starts (in `Startup`); playout rates, streams, look-ahead, crossfade, visibility and
-//! fast start apply while running.
+//! when the worker starts (in `Startup`); playout rates, streams, look-ahead, crossfade, visibility,
+//! fast start and the cutscene load timeout apply while running.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use bevy::prelude::*;
 
@@ -61,6 +62,9 @@ pub struct HeliosSettings {
     pub backend: HeliosBackend,
     /// Worker restarts after panics before the plugin gives up (status `Failed`).
     pub max_restarts: u32,
+    /// Longest a [`PlayCutscene`](crate::cutscene::PlayCutscene) waits for its asset to load before it ends
+    /// with a `Failed` outcome (a file on a slow disk or a network asset source may need more).
+    pub cutscene_load_timeout: Duration,
 }
 
 impl Default for HeliosSettings {
@@ -80,6 +84,7 @@ impl Default for HeliosSettings {
             visibility: VisibilitySource::Auto,
             backend: HeliosBackend::onnx(),
             max_restarts: 3,
+            cutscene_load_timeout: Duration::from_secs(30),
         }
     }
 }

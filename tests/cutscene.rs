@@ -211,6 +211,54 @@ fn a_broken_cutscene_is_a_clear_error_and_the_app_keeps_running() -> Result<(), 
 }
 
 #[test]
+fn a_cutscene_that_cannot_load_ends_with_its_cause_in_bounded_time() -> Result<(), String> {
+    let (mut app, _dir) = test_app(pattern_settings());
+    let missing: Handle<Cutscene> = app
+        .world()
+        .resource::<AssetServer>()
+        .load("cutscenes/missing.cutscene.ron");
+    let never_loaded = Handle::<Cutscene>::default();
+    app.world_mut()
+        .write_message(PlayCutscene::new(missing.clone()));
+    app.world_mut()
+        .write_message(PlayCutscene::new(never_loaded.clone()));
+    let start = std::time::Instant::now();
+    let mut finished = Collected::<CutsceneFinished>::new();
+    update_until(&mut app, DEADLINE, |w| {
+        finished.poll(w);
+        finished.items.len() >= 2
+    })?;
+    // A handle nothing loads fails after a one-second grace, not never.
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "both requests ended within 10 s, took {:?}",
+        start.elapsed()
+    );
+    let reason_of = |id: AssetId<Cutscene>| {
+        finished
+            .items
+            .iter()
+            .find(|f| f.cutscene == id)
+            .map(|f| f.outcome.clone())
+    };
+    match reason_of(missing.id()) {
+        Some(CutsceneOutcome::Failed(reason)) => assert!(
+            reason.contains("missing.cutscene.ron") && reason.contains("not found"),
+            "names the file and the cause: {reason}"
+        ),
+        other => return Err(format!("missing file: expected a failure, got {other:?}")),
+    }
+    match reason_of(never_loaded.id()) {
+        Some(CutsceneOutcome::Failed(reason)) => assert!(
+            reason.contains("nothing is loading it"),
+            "says no load is under way: {reason}"
+        ),
+        other => return Err(format!("default handle: expected a failure, got {other:?}")),
+    }
+    Ok(())
+}
+
+#[test]
 fn a_missing_variable_fails_the_cutscene() -> Result<(), String> {
     let (mut app, dir) = test_app(pattern_settings());
     dir.insert_asset_text(Path::new("cutscenes/test.cutscene.ron"), THREE_SHOTS);

@@ -11,7 +11,9 @@ pub mod loader;
 
 use std::collections::BTreeMap;
 
-use bevy::asset::AssetLoadFailedEvent;
+use std::time::Duration;
+
+use bevy::asset::{AssetLoadFailedEvent, LoadState};
 use bevy::prelude::*;
 
 pub use loader::{Cutscene, CutsceneLoader, CutsceneLoaderError, Shot, ShotDuration, Transition};
@@ -23,6 +25,10 @@ use crate::settings::HeliosSettings;
 use crate::status::HeliosModelInfo;
 
 /// Starts a cutscene.
+///
+/// Every request ends with a [`CutsceneFinished`]: a `Failed` outcome, with the cause, if its asset fails to
+/// load, is still loading after [`HeliosSettings::cutscene_load_timeout`], or is a handle nothing loads
+/// (`Handle::default()`, a removed asset; after a one-second grace).
 #[derive(Message, Clone, Debug)]
 pub struct PlayCutscene {
     /// The cutscene asset (it may still be loading).
@@ -94,7 +100,7 @@ pub enum CutsceneOutcome {
     Completed,
     /// [`SkipCutscene`] ended it.
     Skipped,
-    /// It could not play (load error, missing variable, failed stream).
+    /// It could not play (load error or timeout, missing variable, failed stream), and why.
     Failed(String),
 }
 
@@ -173,9 +179,40 @@ impl CutscenePlayer {
     }
 }
 
-/// Requests waiting for their asset to load.
+/// Requests waiting for their asset to load, with the real time each arrived.
 #[derive(Resource, Debug, Default)]
-pub struct PendingCutscenes(Vec<PlayCutscene>);
+pub struct PendingCutscenes(Vec<(PlayCutscene, Duration)>);
+
+/// How long a request may wait for an asset that nothing is loading (a default handle, a removed asset)
+/// before it fails: long enough for a game that adds the asset to `Assets<Cutscene>` a frame later.
+const UNLOADED_GRACE: Duration = Duration::from_secs(1);
+
+/// Why a request whose asset is not in `Assets<Cutscene>` cannot play (yet): `None` while it may still load.
+fn load_failure(
+    request: &PlayCutscene,
+    waited: Duration,
+    timeout: Duration,
+    server: &AssetServer,
+) -> Option<String> {
+    let id = request.cutscene.id();
+    let name = server
+        .get_path(id)
+        .map_or_else(|| format!("{id:?}"), |p| format!("`{p}`"));
+    match server.get_load_state(id) {
+        Some(LoadState::Failed(error)) => Some(format!("cutscene {name} failed to load: {error}")),
+        Some(LoadState::NotLoaded | LoadState::Loading) if waited <= timeout => None,
+        Some(LoadState::NotLoaded | LoadState::Loading) => Some(format!(
+            "cutscene {name} was still loading after {:.0} s (HeliosSettings::cutscene_load_timeout)",
+            timeout.as_secs_f64()
+        )),
+        // Loaded, then removed from `Assets`; or never given to the asset server at all.
+        Some(LoadState::Loaded) | None if waited <= UNLOADED_GRACE => None,
+        Some(LoadState::Loaded) | None => Some(format!(
+            "cutscene {name} is not in Assets<Cutscene> and nothing is loading it (a default handle, or an \
+             asset that was removed): load it with the AssetServer or add it to Assets<Cutscene>"
+        )),
+    }
+}
 
 fn resolve(
     cutscene: &Cutscene,
@@ -235,24 +272,29 @@ pub(crate) fn start(
     info: Option<Res<HeliosModelInfo>>,
     mut commands: Commands,
     mut finished: MessageWriter<CutsceneFinished>,
+    time: Res<Time<Real>>,
     cost: Res<MainThreadCost>,
 ) {
     let _cost = cost.measure();
-    pending.0.extend(requests.read().cloned());
+    let now = time.elapsed();
+    pending
+        .0
+        .extend(requests.read().map(|request| (request.clone(), now)));
     if pending.0.is_empty() {
         return;
     }
     let fpc = info.as_ref().map_or(33, |i| i.frames_per_chunk);
     let mut waiting = Vec::new();
-    for request in pending.0.drain(..) {
+    for (request, since) in pending.0.drain(..) {
         let id = request.cutscene.id();
         let Some(cutscene) = cutscenes.get(id) else {
-            if server.load_state(id).is_failed() {
-                let reason = format!("cutscene {:?} failed to load", request.cutscene.path());
-                tracing::error!("helios: {reason}");
-                report_failure(&request, reason, &mut commands, &mut finished);
-            } else {
-                waiting.push(request);
+            let waited = now.saturating_sub(since);
+            match load_failure(&request, waited, settings.cutscene_load_timeout, &server) {
+                Some(reason) => {
+                    tracing::error!("helios: {reason}");
+                    report_failure(&request, reason, &mut commands, &mut finished);
+                }
+                None => waiting.push((request, since)),
             }
             continue;
         };
@@ -430,6 +472,7 @@ pub(crate) fn reload(
     mut failures: MessageReader<AssetLoadFailedEvent<Cutscene>>,
     mut players: Query<&mut CutscenePlayer>,
     cutscenes: Res<Assets<Cutscene>>,
+    server: Res<AssetServer>,
     settings: Res<HeliosSettings>,
     info: Option<Res<HeliosModelInfo>>,
     mut failed: MessageWriter<CutsceneFailed>,
@@ -457,13 +500,24 @@ pub(crate) fn reload(
                 continue;
             }
             match resolve(cutscene, &player.request, settings.playout_fps, fpc) {
+                // A cutscene changed in code to have no shots: keep playing what was resolved.
+                Ok(shots) if shots.is_empty() => {
+                    failed.write(CutsceneFailed {
+                        path: server.get_path(*id).map(|p| p.to_string()),
+                        reason: "the changed cutscene has no shots; kept the old ones".into(),
+                    });
+                }
                 Ok(shots) => {
                     tracing::info!("helios: cutscene reloaded ({} shots)", shots.len());
                     player.gen_shot = player.gen_shot.min(shots.len() - 1);
                     player.shots = shots;
                 }
                 Err(reason) => {
-                    failed.write(CutsceneFailed { path: None, reason });
+                    tracing::error!("helios: cutscene reload: {reason}");
+                    failed.write(CutsceneFailed {
+                        path: server.get_path(*id).map(|p| p.to_string()),
+                        reason,
+                    });
                 }
             }
         }
