@@ -11,7 +11,7 @@ use crate::cutscene::{
 use crate::diagnostics::{self, MainThreadCost};
 use crate::playout;
 use crate::screen::{self, HeliosStreams, VisibilityTracking};
-use crate::settings::HeliosSettings;
+use crate::settings::{self, HeliosSettings};
 use crate::status::{HeliosLoadFailed, HeliosStatus, StreamFailed, WorkerCrashed};
 use crate::worker::{self, Arrivals, GeneratorLoad, StreamDemand, WorkerOutbox};
 
@@ -94,10 +94,17 @@ impl Plugin for HeliosPlugin {
                     .chain()
                     .after(VisibilitySystems::CheckVisibility),
             )
-            .add_systems(Startup, worker::spawn_worker)
+            .add_systems(
+                Startup,
+                (settings::sanitize_settings, worker::spawn_worker).chain(),
+            )
             .add_systems(
                 PreUpdate,
-                (worker::receive, screen::lifecycle::take_arrivals)
+                (
+                    settings::sanitize_settings.run_if(resource_changed::<HeliosSettings>),
+                    worker::receive,
+                    screen::lifecycle::take_arrivals,
+                )
                     .chain()
                     .in_set(HeliosSystems::Receive),
             )

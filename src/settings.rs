@@ -89,7 +89,76 @@ impl Default for HeliosSettings {
     }
 }
 
+/// Fastest playout rate kept; above it a screen would consume a chunk in a frame or two.
+const MAX_PLAYOUT_FPS: f32 = 240.0;
+/// Most chunks queued ahead per stream: each is a chunk of decoded frames in memory.
+const MAX_CHUNKS_AHEAD: usize = 8;
+
 impl HeliosSettings {
+    /// Replaces values that would break playout or scheduling (non-finite or non-positive rates, a floor above
+    /// the rate, look-ahead of 0 or of more than 8 chunks, more CPU threads than 4x the machine's) with the
+    /// nearest usable ones, and returns what it changed, field by field. The plugin applies this whenever the
+    /// resource changes and logs each change as a warning.
+    pub fn sanitize(&mut self) -> Vec<String> {
+        let defaults = Self::default();
+        let mut changed = Vec::new();
+        let mut note = |field: &str, was: String, now: String| {
+            changed.push(format!(
+                "HeliosSettings::{field} = {was} is not usable; using {now}"
+            ));
+        };
+        if !(self.playout_fps.is_finite() && self.playout_fps > 0.0) {
+            note(
+                "playout_fps",
+                self.playout_fps.to_string(),
+                defaults.playout_fps.to_string(),
+            );
+            self.playout_fps = defaults.playout_fps;
+        } else if self.playout_fps > MAX_PLAYOUT_FPS {
+            note(
+                "playout_fps",
+                self.playout_fps.to_string(),
+                MAX_PLAYOUT_FPS.to_string(),
+            );
+            self.playout_fps = MAX_PLAYOUT_FPS;
+        }
+        if !(self.min_playout_fps.is_finite() && self.min_playout_fps >= 0.0) {
+            let now = defaults.min_playout_fps.min(self.playout_fps);
+            note(
+                "min_playout_fps",
+                self.min_playout_fps.to_string(),
+                now.to_string(),
+            );
+            self.min_playout_fps = now;
+        } else if self.min_playout_fps > self.playout_fps {
+            note(
+                "min_playout_fps",
+                self.min_playout_fps.to_string(),
+                self.playout_fps.to_string(),
+            );
+            self.min_playout_fps = self.playout_fps;
+        }
+        let ahead = self.chunks_ahead.clamp(1, MAX_CHUNKS_AHEAD);
+        if ahead != self.chunks_ahead {
+            note(
+                "chunks_ahead",
+                self.chunks_ahead.to_string(),
+                ahead.to_string(),
+            );
+            self.chunks_ahead = ahead;
+        }
+        if self.max_streams == 0 {
+            note("max_streams", "0".into(), "1".into());
+            self.max_streams = 1;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if let Some(n) = self.intra_threads.filter(|&n| n > 4 * cores) {
+            note("intra_threads", n.to_string(), (4 * cores).to_string());
+            self.intra_threads = Some(4 * cores);
+        }
+        changed
+    }
+
     /// The ONNX Runtime configuration these settings describe (GPU budget applied to CUDA).
     pub fn runtime_config(&self) -> RuntimeConfig {
         let providers = self
@@ -136,5 +205,18 @@ impl HeliosSettings {
     /// Seconds one frame stays on screen.
     pub fn frame_duration(&self) -> f64 {
         1.0 / f64::from(self.playout_fps.max(0.1))
+    }
+}
+
+/// Applies [`HeliosSettings::sanitize`]; the plugin runs it when the resource is added or changed, before
+/// anything reads it.
+pub(crate) fn sanitize_settings(mut settings: ResMut<HeliosSettings>) {
+    let mut fixed = settings.clone();
+    let changed = fixed.sanitize();
+    if !changed.is_empty() {
+        for change in &changed {
+            tracing::warn!("helios: {change}");
+        }
+        *settings = fixed;
     }
 }

@@ -235,3 +235,89 @@ fn a_huge_unknown_prompt_name_fails_only_its_screen_with_a_short_message() -> Re
     );
     Ok(())
 }
+
+/// Settings are numbers a game (or its options menu) feeds the plugin too: absurd ones are clamped where they are
+/// used, so screens keep playing (or pause) and nothing panics or stalls.
+#[test]
+fn absurd_settings_keep_the_app_running() -> Result<(), String> {
+    type Edit = fn(&mut HeliosSettings);
+    // (case, edit); every screen must play, except with `max_streams` 0, which means 1.
+    let cases: &[(&str, Edit)] = &[
+        ("playout_fps NaN", |s| s.playout_fps = f32::NAN),
+        ("playout_fps inf", |s| s.playout_fps = f32::INFINITY),
+        ("playout_fps 0", |s| s.playout_fps = 0.0),
+        ("playout_fps -24", |s| s.playout_fps = -24.0),
+        ("min_playout_fps NaN", |s| s.min_playout_fps = f32::NAN),
+        ("min_playout_fps inf", |s| s.min_playout_fps = f32::INFINITY),
+        ("min_playout_fps above playout", |s| s.min_playout_fps = 1e9),
+        ("chunks_ahead MAX", |s| s.chunks_ahead = usize::MAX),
+        ("chunks_ahead 0", |s| s.chunks_ahead = 0),
+        ("max_streams 0", |s| s.max_streams = 0),
+        ("max_streams MAX", |s| s.max_streams = usize::MAX),
+        ("crossfade_chunks MAX", |s| s.crossfade_chunks = u32::MAX),
+        ("max_restarts MAX", |s| s.max_restarts = u32::MAX),
+        ("cutscene_load_timeout MAX", |s| {
+            s.cutscene_load_timeout = Duration::MAX
+        }),
+    ];
+    for (case, edit) in cases {
+        let mut settings = pattern_settings();
+        edit(&mut settings);
+        let (mut app, _assets) = test_app(settings);
+        let screens: Vec<Entity> = ["day", "night"]
+            .iter()
+            .map(|p| {
+                app.world_mut()
+                    .spawn(HeliosScreen::new(PromptWeights::one(*p)))
+                    .id()
+            })
+            .collect();
+        app.update(); // Startup: the settings are made usable before anything reads them.
+        let playing = app.world().resource::<HeliosSettings>().max_streams.min(2);
+        // Every screen that may generate shows video...
+        let mut longest = update_timed(&mut app, |w| {
+            screens
+                .iter()
+                .filter(|&&e| screen(w, e).1.frames_shown >= 1)
+                .count()
+                >= playing
+        })
+        .map_err(|e| format!("{case}: {e}"))?;
+        // ...and a prompt change (a crossfade) still reaches the screen.
+        let first = *screens
+            .iter()
+            .find(|&&e| screen(app.world(), e).1.frames_shown >= 1)
+            .ok_or("a playing screen")?;
+        let before = screen(app.world(), first).1.frames_shown;
+        app.world_mut()
+            .get_mut::<HeliosScreen>(first)
+            .ok_or("screen")?
+            .prompt = PromptWeights::one("dusk");
+        longest = longest.max(
+            update_timed(&mut app, |w| screen(w, first).1.frames_shown >= before + 40)
+                .map_err(|e| format!("{case}: after the prompt change: {e}"))?,
+        );
+        let shown: Vec<u64> = screens
+            .iter()
+            .map(|&e| screen(app.world(), e).1.frames_shown)
+            .collect();
+        let settings = app.world().resource::<HeliosSettings>();
+        assert!(
+            settings.playout_fps.is_finite()
+                && settings.playout_fps > 0.0
+                && (0.0..=settings.playout_fps).contains(&settings.min_playout_fps)
+                && settings.chunks_ahead >= 1,
+            "{case}: the settings were made usable: {settings:?}"
+        );
+        assert!(
+            longest < MAX_UPDATE,
+            "{case}: the longest update took {longest:?}"
+        );
+        assert!(
+            app.world().resource::<HeliosStatus>().is_ready(),
+            "{case}: the model stays ready"
+        );
+        println!("{case}: frames shown {shown:?}, longest update {longest:?}");
+    }
+    Ok(())
+}
