@@ -98,7 +98,14 @@ pub enum HeliosError {
         /// How many values were NaN or infinite.
         count: usize,
     },
-    /// Arguments that cannot be used. Kept for the Bevy layer; the core returns the typed variants below.
+    /// Arguments that cannot be used. Nothing in this crate returns it any more: the typed variants
+    /// [`StateInvalid`](Self::StateInvalid), [`StateModelMismatch`](Self::StateModelMismatch),
+    /// [`InvalidWeights`](Self::InvalidWeights), [`Unsupported`](Self::Unsupported),
+    /// [`AllocationTooLarge`](Self::AllocationTooLarge) and [`Internal`](Self::Internal) replaced it.
+    /// Kept so that games matching on it still compile.
+    #[deprecated(
+        note = "never returned; match StateInvalid, StateModelMismatch, InvalidWeights, Unsupported, AllocationTooLarge or Internal"
+    )]
     #[error("invalid input: {0}")]
     InvalidInput(String),
     /// A saved [`GenerationState`](crate::core::stream::GenerationState) (or injected noise) is damaged or
@@ -129,8 +136,8 @@ pub enum HeliosError {
         /// Which prompt and why (user text cut to [`MAX_ECHO_CHARS`]).
         reason: String,
     },
-    /// The model or build cannot do what was asked (no VAE encoder for image conditioning, no device loop,
-    /// a tensor dtype a buffer cannot hold).
+    /// The model or build cannot do what was asked (no VAE encoder for image conditioning, no device-loop
+    /// graphs, no TensorRT entry to prepare engines for, a tensor dtype a buffer cannot hold).
     #[error("not supported: {what}")]
     Unsupported {
         /// What was asked, and why it cannot be done.

@@ -105,7 +105,7 @@ fn failed_load(case: &str, dir: &Path, verify_hashes: bool) -> Result<Arc<Helios
         "{case}: the longest update took {longest:?}"
     );
     assert_eq!(snapshot(dir), before, "{case}: no model file changed");
-    println!("{case}: {error} (longest update {longest:?})");
+    eprintln!("{case}: {error} (longest update {longest:?})");
     Ok(error)
 }
 
@@ -206,7 +206,7 @@ fn bad_prompt(case: &str, prompt: PromptWeights) -> Result<Arc<HeliosError>, Str
         "{case}: the longest update took {longest:?}"
     );
     let error = failed.items[0].error.clone();
-    println!("{case}: {error} (longest update {longest:?})");
+    eprintln!("{case}: {error} (longest update {longest:?})");
     Ok(error)
 }
 
@@ -317,7 +317,7 @@ fn absurd_settings_keep_the_app_running() -> Result<(), String> {
             app.world().resource::<HeliosStatus>().is_ready(),
             "{case}: the model stays ready"
         );
-        println!("{case}: frames shown {shown:?}, longest update {longest:?}");
+        eprintln!("{case}: frames shown {shown:?}, longest update {longest:?}");
     }
     Ok(())
 }

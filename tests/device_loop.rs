@@ -337,10 +337,10 @@ fn modes_and_missing_graphs() -> TestResult {
     );
     if !missing.is_empty() {
         match HeliosModel::load(&tiny, &config(DeviceLoopMode::On)) {
-            Err(HeliosError::InvalidInput(why)) => {
-                assert!(why.contains(&missing[0]), "{why}")
+            Err(HeliosError::Unsupported { what }) => {
+                assert!(what.contains(&missing[0]), "{what}")
             }
-            Err(other) => panic!("expected InvalidInput naming the missing graphs, got {other}"),
+            Err(other) => panic!("expected Unsupported naming the missing graphs, got {other}"),
             Ok(_) => panic!("DeviceLoopMode::On must not load without the device-loop graphs"),
         }
     }

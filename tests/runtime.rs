@@ -294,7 +294,7 @@ impl bevy_helios::core::sampler::Decoder for NanNets {
         &mut self,
         _latents: &ndarray::Array5<f32>,
     ) -> Result<ndarray::Array5<f32>, HeliosError> {
-        Err(HeliosError::InvalidInput("never reached".into()))
+        Err(HeliosError::internal("NanNets::decode is never reached"))
     }
 }
 
@@ -411,10 +411,11 @@ fn prepare_without_tensorrt_fails_clearly_and_records_nothing() -> TestResult {
     );
 
     let no_trt = RuntimeConfig::cpu();
-    assert!(matches!(
-        prepare(&common::tiny_model_dir(), &no_trt, &mut |_| {}),
-        Err(HeliosError::InvalidInput(_))
-    ));
+    match prepare(&common::tiny_model_dir(), &no_trt, &mut |_| {}) {
+        Err(HeliosError::Unsupported { what }) => assert!(what.contains("TensorRT"), "{what}"),
+        Err(other) => panic!("a chain without TensorRT should be Unsupported, got {other}"),
+        Ok(_) => panic!("prepare must refuse a chain without TensorRT"),
+    }
     let _ = std::fs::remove_dir_all(cache);
     Ok(())
 }

@@ -160,7 +160,9 @@ impl HeliosModel<OrtModel> {
             .and(logvar)
             .and(&eps)
             .for_each(|z, &lv, &e| {
-                *z += (0.5 * lv.clamp(-30.0, 20.0)).exp() * e;
+                // libm, not std: std's exp calls the platform libm, whose last bits differ between
+                // platforms; libm is a portable Rust port of musl's.
+                *z += libm::expf(0.5 * lv.clamp(-30.0, 20.0)) * e;
             });
         for (ci, mut ch) in z.axis_iter_mut(Axis(1)).enumerate() {
             let (m, inv_std) = (

@@ -346,12 +346,13 @@ impl DeviceLoop {
     ) -> Result<Self, HeliosError> {
         let missing = missing_graphs(manifest);
         if !missing.is_empty() {
-            // InvalidInput (not Unsupported) while tests/device_loop.rs matches on it; switch both together.
-            return Err(HeliosError::InvalidInput(format!(
-                "model `{}` lacks the device-loop graphs {}",
-                manifest.name,
-                missing.join(", ")
-            )));
+            return Err(HeliosError::Unsupported {
+                what: format!(
+                    "the device loop on model `{}`, which lacks the graphs {}",
+                    manifest.name,
+                    missing.join(", ")
+                ),
+            });
         }
         let stages = manifest.scheduler.stages;
         if denoisers.len() != stages {

@@ -157,7 +157,7 @@ pub struct PrepareReport {
 /// building allowed, so TensorRT writes its engines into the cache directory; then records them.
 ///
 /// Fails with [`HeliosError::ProviderUnavailable`] (provider `TensorRT`) when TensorRT cannot be
-/// registered or the cache directory is missing or not writable, and with [`HeliosError::InvalidInput`]
+/// registered or the cache directory is missing or not writable, and with [`HeliosError::Unsupported`]
 /// when the chain has no TensorRT entry.
 pub fn prepare(
     dir: &Path,
@@ -169,10 +169,10 @@ pub fn prepare(
         Provider::TensorRt(o) => Some(o.clone()),
         _ => None,
     }) else {
-        // InvalidInput (not Unsupported) while tests/runtime.rs matches on it; switch both together.
-        return Err(HeliosError::InvalidInput(
-            "the provider chain has no TensorRT entry to prepare".into(),
-        ));
+        return Err(HeliosError::Unsupported {
+            what: "preparing TensorRT engines without a TensorRT entry in the provider chain"
+                .into(),
+        });
     };
     options.build_engines = true;
     let unavailable = |reason: String| HeliosError::ProviderUnavailable {

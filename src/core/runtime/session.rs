@@ -375,13 +375,33 @@ pub(crate) fn build_session(
         builder = weights.apply(builder).map_err(|e| (false, e))?;
     }
     commit_first_with_domain(|| builder.commit_from_file(path)).map_err(|e| {
-        let msg = e.to_string();
-        // Provider libraries load lazily at commit: classify their failures as provider failures.
-        let provider_fault = msg.contains("Failed to load library")
-            || msg.contains("execution provider")
-            || msg.contains("ExecutionProvider");
-        (provider_fault && !matches!(provider, Provider::Cpu), msg)
+        // The provider's own code runs at commit (device set-up, engine builds), so a commit can fail
+        // for the provider as well as for the model.
+        let provider_fault = is_provider_fault(e.code());
+        (
+            provider_fault && !matches!(provider, Provider::Cpu),
+            e.to_string(),
+        )
     })
+}
+
+/// Whether a failed commit on a GPU provider is the provider's fault (the chain tries the next provider)
+/// rather than the model's (loading stops with the file named), judged by ONNX Runtime's error code.
+///
+/// Only the codes that name the model file (a graph that does not parse or validate, a missing file) are the
+/// model's. Everything else is the provider's: ONNX Runtime reports a provider library that fails to load as
+/// `ORT_FAIL` and a CUDA or TensorRT failure during set-up as `ORT_RUNTIME_EXCEPTION` or `ORT_EP_FAIL`, with
+/// no code of their own. A model fault misread this way costs one attempt on the next provider, where the same
+/// graph fails again with its own code.
+fn is_provider_fault(code: ort::ErrorCode) -> bool {
+    use ort::ErrorCode;
+    !matches!(
+        code,
+        ErrorCode::InvalidProtobuf
+            | ErrorCode::InvalidGraph
+            | ErrorCode::NoSuchFile
+            | ErrorCode::NoModel
+    )
 }
 
 /// Commits a session, one thread at a time until the first commit in this process has succeeded.
@@ -842,5 +862,36 @@ impl Decoder for OrtModel {
             "video",
             out.remove("video").unwrap_or_default(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ort::ErrorCode;
+
+    #[test]
+    fn commit_failures_are_classified_by_error_code() {
+        let cases = [
+            // A provider library that does not load, a CUDA failure in set-up, an engine build that fails.
+            (ErrorCode::GenericFailure, true),
+            (ErrorCode::RuntimeException, true),
+            (ErrorCode::ExecutionProviderFailure, true),
+            (ErrorCode::EngineError, true),
+            (ErrorCode::DeviceReset, true),
+            // The model file itself.
+            (ErrorCode::InvalidProtobuf, false),
+            (ErrorCode::InvalidGraph, false),
+            (ErrorCode::NoSuchFile, false),
+            (ErrorCode::NoModel, false),
+        ];
+        for (code, provider) in cases {
+            assert_eq!(
+                is_provider_fault(code),
+                provider,
+                "{code:?} should be a {} fault",
+                if provider { "provider" } else { "model" }
+            );
+        }
     }
 }

@@ -146,7 +146,8 @@ impl PyramidSchedule {
     fn time_shift(&self, mu: f64, t: f64) -> f64 {
         match self.config.time_shift_type {
             TimeShiftType::Linear => mu / (mu + (1.0 / t - 1.0)),
-            TimeShiftType::Exponential => mu.exp() / (mu.exp() + (1.0 / t - 1.0)),
+            // libm, not std: std's exp calls the platform libm, whose last bits differ between platforms.
+            TimeShiftType::Exponential => libm::exp(mu) / (libm::exp(mu) + (1.0 / t - 1.0)),
         }
     }
 
@@ -294,6 +295,93 @@ mod tests {
         let (a2, b2) = sched.renoise(2);
         assert!(close(a1, 0.6001201440528393, 1e-13) && close(b1, 0.6926122274238059, 1e-13));
         assert!(close(a2, 0.7498129216760419, 1e-13) && close(b2, 0.4333367310543098, 1e-13));
+    }
+
+    fn bits(values: &[f64]) -> Vec<u64> {
+        values.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// Bit-exact timesteps and sigmas of helios-tiny's scheduler at 384x640 (stage 0 plain, stage 2
+    /// amplified), with its linear time shift and with the exponential one (libm's `exp`), produced once
+    /// by this implementation on x86_64 Linux. The tests above check the linear ones against diffusers to
+    /// a tolerance; this one fails on any change in the last bit, which would change every generated frame.
+    #[test]
+    fn schedule_matches_its_golden_bits() {
+        let golden = [
+            (
+                TimeShiftType::Linear,
+                [0x408f_3446_189e_b7ea, 0x408a_0fb5_6104_e0b5],
+                [0x3fef_f110_bdf3_5c86, 0x3fd6_a882_fec6_01e6, 0],
+                [
+                    0x4078_1259_6dc5_546e,
+                    0x4071_2931_882a_b641,
+                    0x4065_d870_49c3_65ac,
+                    0x4055_0dd4_0a35_b5aa,
+                ],
+                [
+                    0x3fef_f60a_2d1a_6b41,
+                    0x3fe6_c094_655d_7372,
+                    0x3fdc_e11d_718b_f8e3,
+                    0x3fcb_9821_8adb_81f8,
+                    0,
+                ],
+            ),
+            (
+                TimeShiftType::Exponential,
+                [0x408f_36d1_6825_676e, 0x408c_4b4a_e1f6_215c],
+                [0x3fef_fb43_33f1_5b4d, 0x3fe4_472b_dfe6_5f31, 0],
+                [
+                    0x4078_171e_fcf1_425a,
+                    0x4075_068f_f375_ff8b,
+                    0x4070_c512_5620_0e7b,
+                    0x4064_ebfc_4699_1d4e,
+                ],
+                [
+                    0x3fef_fc65_f1fd_571b,
+                    0x3feb_e6f2_777b_142f,
+                    0x3fe6_3b29_f5c1_8b6e,
+                    0x3fdb_a608_7cb5_a207,
+                    0,
+                ],
+            ),
+        ];
+        for (shift, t0, s0, t2, s2) in golden {
+            let mut cfg = tiny().scheduler;
+            cfg.time_shift_type = shift;
+            let sched = PyramidSchedule::new(&cfg);
+            let (mu01, mu2) = (sched.mu(9 * 12 * 20 / 4), sched.mu(9 * 24 * 40 / 4));
+            assert_eq!(
+                (mu01.to_bits(), mu2.to_bits()),
+                (0x3fe1_89d0_369d_036a, 0x3fea_5036_9d03_69d0),
+                "μ changed: {mu01}, {mu2}"
+            );
+            let first = sched.stage(0, 2, mu01, false);
+            assert_eq!(
+                bits(&first.timesteps),
+                t0,
+                "{shift:?} stage 0 timesteps: {:?}",
+                first.timesteps
+            );
+            assert_eq!(
+                bits(&first.sigmas),
+                s0,
+                "{shift:?} stage 0 sigmas: {:?}",
+                first.sigmas
+            );
+            let last = sched.stage(2, 2, mu2, true);
+            assert_eq!(
+                bits(&last.timesteps),
+                t2,
+                "{shift:?} stage 2 timesteps: {:?}",
+                last.timesteps
+            );
+            assert_eq!(
+                bits(&last.sigmas),
+                s2,
+                "{shift:?} stage 2 sigmas: {:?}",
+                last.sigmas
+            );
+        }
     }
 
     #[test]
