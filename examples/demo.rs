@@ -31,12 +31,16 @@
 //! - `--size WxH`: window size (default 1280x720).
 //! - `--timeout SECS`: scripted runs fail (exit 2) if a screen shows no video this long after the model
 //!   is ready, or after the intro ended (default 120).
+//! - `--report-every SECS`: print one line to stdout every SECS seconds of real time (any run), e.g.
+//!   `demo report: t=60.0 frames=3412 window=1380 mood=1402 monitor=1366`: seconds since start, frames
+//!   the app rendered, then each screen's frames shown (`tools/soak/soak.py` reads it).
 
 use std::f32::consts::{FRAC_PI_2, PI};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bevy::camera::primitives::MeshAabb;
+use bevy::diagnostic::FrameCount;
 use bevy::prelude::*;
 use bevy::render::view::screenshot::{Screenshot, ScreenshotCaptured, save_to_disk};
 use bevy::window::PrimaryWindow;
@@ -73,6 +77,7 @@ struct Args {
     model: Option<PathBuf>,
     size: (u32, u32),
     timeout: f32,
+    report_every: Option<f32>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -122,6 +127,15 @@ fn parse_args() -> Result<Args, String> {
             }
             "--timeout" => {
                 args.timeout = value()?.parse().map_err(|e| format!("--timeout: {e}"))?
+            }
+            "--report-every" => {
+                let secs: f32 = value()?
+                    .parse()
+                    .map_err(|e| format!("--report-every: {e}"))?;
+                if !secs.is_finite() || secs <= 0.0 {
+                    return Err("--report-every takes a positive number of seconds".into());
+                }
+                args.report_every = Some(secs);
             }
             "--help" | "-h" => return Err("see the flags at the top of examples/demo.rs".into()),
             other => return Err(format!("unknown flag {other}")),
@@ -196,7 +210,7 @@ fn main() -> AppExit {
         )
             .before(HeliosSystems::Conditioning),
     )
-    .add_systems(Update, scripted_run)
+    .add_systems(Update, (scripted_run, report))
     .add_helios_conditioning::<With<WindowScreen>, _>(window_prompt)
     .add_helios_conditioning::<With<MoodScreen>, _>(mood_prompt)
     .add_observer(cutscene_finished);
@@ -787,6 +801,35 @@ fn scripted_run(
         info!("demo: scripted run done ({n} frames after video start)");
         exit.write(AppExit::Success);
     }
+}
+
+/// `--report-every`: one line per interval with the frames rendered and each screen's frames shown.
+#[expect(
+    clippy::print_stdout,
+    reason = "the report is the demo's output for scripts"
+)]
+fn report(
+    args: Res<Args>,
+    frames: Res<FrameCount>,
+    screens: Query<(&Name, &HeliosStreamStats), With<HeliosScreen>>,
+    mut begun: Local<Option<Instant>>,
+    mut reported: Local<u32>,
+) {
+    let Some(every) = args.report_every else {
+        return;
+    };
+    let begun = *begun.get_or_insert_with(Instant::now);
+    let t = begun.elapsed().as_secs_f32();
+    if t < (*reported + 1) as f32 * every {
+        return;
+    }
+    *reported = (t / every) as u32;
+    let mut line = format!("demo report: t={t:.1} frames={}", frames.0);
+    for (name, stats) in &screens {
+        let key = name.as_str().replace(char::is_whitespace, "_");
+        line.push_str(&format!(" {key}={}", stats.frames_shown));
+    }
+    println!("{line}");
 }
 
 /// Writes each in-world screen's rectangle in window pixels next to a screenshot, and every screen's

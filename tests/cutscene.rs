@@ -195,7 +195,9 @@ fn a_broken_cutscene_is_a_clear_error_and_the_app_keeps_running() -> Result<(), 
     // Out-of-range values are typed `Invalid { shot, .. }` errors.
     let invalid = THREE_SHOTS.replace("Crossfade(1)", "Crossfade(0)");
     match Cutscene::from_ron(invalid.as_bytes()) {
-        Err(bevy_helios::cutscene::CutsceneLoaderError::Invalid { shot: 1, reason }) => {
+        Err(bevy_helios::cutscene::CutsceneLoaderError::Invalid {
+            shot: 1, reason, ..
+        }) => {
             assert!(reason.contains("crossfade"), "{reason}")
         }
         other => return Err(format!("expected Invalid {{ shot: 1 }}, got {other:?}")),

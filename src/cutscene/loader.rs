@@ -1,5 +1,5 @@
 //! `*.cutscene.ron` → [`Cutscene`]: strict parsing (`deny_unknown_fields`), then range checks, with
-//! typed errors that say which shot is wrong and why.
+//! typed errors that say which shot and field are wrong and why.
 
 use std::collections::BTreeMap;
 
@@ -9,6 +9,7 @@ use bevy::prelude::*;
 use serde::Deserialize;
 
 use crate::core::embedding::PromptWeights;
+use crate::error::echo;
 
 /// Longest shot, seconds.
 const MAX_SHOT_SECONDS: f32 = 600.0;
@@ -18,6 +19,18 @@ const MAX_SHOT_CHUNKS: u32 = 1000;
 const MAX_SHOTS: usize = 256;
 /// Longest crossfade, chunks.
 const MAX_CROSSFADE: u32 = 64;
+/// Most prompt names in one shot: each free-text name costs an embedding on the worker.
+const MAX_PROMPT_NAMES: usize = 64;
+/// Longest prompt name, in the file and after its variables are filled in, bytes. Free text is cut at
+/// 128 tokens anyway; the bound stops a `{variable}` repeated in a long name from multiplying a long
+/// value into gigabytes.
+const MAX_PROMPT_BYTES: usize = 4096;
+/// Range of the playout rate a `Seconds` duration is converted at ([`ShotDuration::chunks`] is public and
+/// takes any `f32`): a shot then lasts at most `MAX_SHOT_SECONDS * MAX_PLAYOUT_FPS` frames, so the frame
+/// sums of playback cannot overflow. The low end is `HeliosSettings::frame_duration`'s.
+const MIN_PLAYOUT_FPS: f32 = 0.1;
+/// See [`MIN_PLAYOUT_FPS`].
+const MAX_PLAYOUT_FPS: f32 = 1000.0;
 
 /// A scripted sequence of shots, each a prompt held for a while, played fullscreen.
 ///
@@ -84,13 +97,20 @@ pub enum ShotDuration {
 }
 
 impl ShotDuration {
-    /// Whole chunks at `fps` playout with `frames_per_chunk`.
+    /// Whole chunks at `fps` playout with `frames_per_chunk`, at least 1. `fps` is clamped to
+    /// 0.1..=1000 (NaN counts as 0.1), so a validated duration gives at most 600 000 chunks.
     pub fn chunks(&self, fps: f32, frames_per_chunk: usize) -> u64 {
         match *self {
             Self::Chunks(n) => u64::from(n.max(1)),
-            Self::Seconds(s) => ((s * fps) as f64 / frames_per_chunk.max(1) as f64)
-                .ceil()
-                .max(1.0) as u64,
+            Self::Seconds(s) => {
+                let fps = if fps.is_nan() {
+                    MIN_PLAYOUT_FPS
+                } else {
+                    fps.clamp(MIN_PLAYOUT_FPS, MAX_PLAYOUT_FPS)
+                };
+                let frames = f64::from(s.clamp(0.0, MAX_SHOT_SECONDS)) * f64::from(fps);
+                (frames / frames_per_chunk.max(1) as f64).ceil().max(1.0) as u64
+            }
         }
     }
 }
@@ -121,11 +141,13 @@ pub enum CutsceneLoaderError {
     #[error("cutscene RON does not parse: {0}")]
     Ron(#[from] ron::error::SpannedError),
     /// It parses but a value is out of range.
-    #[error("shot {shot} is invalid: {reason}")]
+    #[error("shot {shot} is invalid at `{field}`: {reason}; fix the cutscene RON")]
     Invalid {
         /// Index of the shot (0-based).
         shot: usize,
-        /// What is wrong.
+        /// The shot's field that is wrong (`shots` for the list itself).
+        field: &'static str,
+        /// What is wrong (user text in it is cut to 100 characters).
         reason: String,
     },
 }
@@ -135,16 +157,21 @@ fn check_template(name: &str) -> Result<(), String> {
     let mut rest = name;
     while let Some(open) = rest.find(['{', '}']) {
         if rest.as_bytes()[open] == b'}' {
-            return Err(format!("prompt name `{name}` has a `}}` without `{{`"));
+            return Err(format!(
+                "prompt name `{}` has a `}}` without `{{`",
+                echo(name)
+            ));
         }
         let after = &rest[open + 1..];
         let close = after
             .find('}')
-            .ok_or_else(|| format!("prompt name `{name}` has an unclosed `{{`"))?;
+            .ok_or_else(|| format!("prompt name `{}` has an unclosed `{{`", echo(name)))?;
         let var = &after[..close];
         if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(format!(
-                "`{{{var}}}` in `{name}` is not a variable name (letters, digits, `_`)"
+                "`{{{}}}` in `{}` is not a variable name (letters, digits, `_`)",
+                echo(var),
+                echo(name)
             ));
         }
         rest = &after[close + 1..];
@@ -152,27 +179,41 @@ fn check_template(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Fills `{variable}`s.
+/// Fills `{variable}`s; the result is at most [`MAX_PROMPT_BYTES`] long.
 pub(crate) fn fill_template(
     name: &str,
     variables: &BTreeMap<String, String>,
 ) -> Result<String, String> {
-    let mut out = String::with_capacity(name.len());
+    let mut out = String::with_capacity(name.len().min(MAX_PROMPT_BYTES));
+    let push = |out: &mut String, text: &str| {
+        if out.len() + text.len() > MAX_PROMPT_BYTES {
+            return Err(format!(
+                "prompt `{}` is longer than {MAX_PROMPT_BYTES} bytes with its variables filled in",
+                echo(name)
+            ));
+        }
+        out.push_str(text);
+        Ok(())
+    };
     let mut rest = name;
     while let Some(open) = rest.find('{') {
-        out.push_str(&rest[..open]);
+        push(&mut out, &rest[..open])?;
         let after = &rest[open + 1..];
         let close = after
             .find('}')
-            .ok_or_else(|| format!("unclosed `{{` in `{name}`"))?;
+            .ok_or_else(|| format!("unclosed `{{` in `{}`", echo(name)))?;
         let var = &after[..close];
         let value = variables.get(var).ok_or_else(|| {
-            format!("variable `{var}` (in prompt `{name}`) was not given to PlayCutscene")
+            format!(
+                "variable `{}` (in prompt `{}`) was not given to PlayCutscene",
+                echo(var),
+                echo(name)
+            )
         })?;
-        out.push_str(value);
+        push(&mut out, value)?;
         rest = &after[close + 1..];
     }
-    out.push_str(rest);
+    push(&mut out, rest)?;
     Ok(out)
 }
 
@@ -186,48 +227,91 @@ impl Cutscene {
 
     /// Range checks after parsing.
     pub fn validate(&self) -> Result<(), CutsceneLoaderError> {
-        let invalid = |shot: usize, reason: String| CutsceneLoaderError::Invalid { shot, reason };
+        let invalid =
+            |shot: usize, field: &'static str, reason: String| CutsceneLoaderError::Invalid {
+                shot,
+                field,
+                reason,
+            };
         if self.shots.is_empty() {
-            return Err(invalid(0, "a cutscene needs at least one shot".into()));
+            return Err(invalid(
+                0,
+                "shots",
+                "a cutscene needs at least one shot".into(),
+            ));
         }
         if self.shots.len() > MAX_SHOTS {
             return Err(invalid(
                 MAX_SHOTS,
+                "shots",
                 format!("{} shots; at most {MAX_SHOTS}", self.shots.len()),
             ));
         }
         for (i, shot) in self.shots.iter().enumerate() {
             if shot.prompt.is_empty() {
-                return Err(invalid(i, "the prompt has no names".into()));
+                return Err(invalid(i, "prompt", "the prompt has no names".into()));
+            }
+            if shot.prompt.len() > MAX_PROMPT_NAMES {
+                return Err(invalid(
+                    i,
+                    "prompt",
+                    format!(
+                        "{} prompt names; at most {MAX_PROMPT_NAMES}",
+                        shot.prompt.len()
+                    ),
+                ));
             }
             for (name, weight) in &shot.prompt {
                 if name.trim().is_empty() {
-                    return Err(invalid(i, "a prompt name is empty".into()));
+                    return Err(invalid(i, "prompt", "a prompt name is empty".into()));
                 }
-                check_template(name).map_err(|r| invalid(i, r))?;
+                if name.len() > MAX_PROMPT_BYTES {
+                    return Err(invalid(
+                        i,
+                        "prompt",
+                        format!(
+                            "prompt name `{}` is longer than {MAX_PROMPT_BYTES} bytes",
+                            echo(name)
+                        ),
+                    ));
+                }
+                check_template(name).map_err(|r| invalid(i, "prompt", r))?;
                 if !weight.is_finite() || *weight < 0.0 {
                     return Err(invalid(
                         i,
-                        format!("weight {weight} of `{name}` must be finite and ≥ 0"),
+                        "prompt",
+                        format!("weight {weight} of `{}` must be finite and ≥ 0", echo(name)),
                     ));
                 }
             }
             if !shot.prompt.values().any(|w| *w > 0.0) {
                 return Err(invalid(
                     i,
+                    "prompt",
                     "at least one prompt weight must be positive".into(),
+                ));
+            }
+            // the sum the core divides by (`PromptWeights::validate`)
+            let total: f32 = shot.prompt.values().sum();
+            if !total.is_finite() {
+                return Err(invalid(
+                    i,
+                    "prompt",
+                    format!("the prompt weights sum to {total}; the sum must be finite"),
                 ));
             }
             match shot.duration {
                 ShotDuration::Seconds(s) if !(s > 0.0 && s <= MAX_SHOT_SECONDS) => {
                     return Err(invalid(
                         i,
+                        "duration",
                         format!("duration {s} s is outside (0, {MAX_SHOT_SECONDS}]"),
                     ));
                 }
                 ShotDuration::Chunks(n) if n == 0 || n > MAX_SHOT_CHUNKS => {
                     return Err(invalid(
                         i,
+                        "duration",
                         format!("duration {n} chunks is outside 1..={MAX_SHOT_CHUNKS}"),
                     ));
                 }
@@ -237,12 +321,14 @@ impl Cutscene {
                 if n == 0 || n > MAX_CROSSFADE {
                     return Err(invalid(
                         i,
+                        "transition",
                         format!("crossfade of {n} chunks is outside 1..={MAX_CROSSFADE}"),
                     ));
                 }
                 if i > 0 && shot.seed.is_some() {
                     return Err(invalid(
                         i,
+                        "seed",
                         "a seed needs `transition: Cut` (a crossfade continues the previous stream)".into(),
                     ));
                 }
@@ -251,7 +337,9 @@ impl Cutscene {
         Ok(())
     }
 
-    /// Prompt weights of a shot with its variables filled in.
+    /// Prompt weights of a shot with its variables filled in. Fails, saying why, when a variable is
+    /// missing, a filled name is blank or longer than 4096 bytes, or the filled weights fail
+    /// [`PromptWeights::validate`]; names that fill to the same text add their weights.
     pub fn shot_prompt(
         &self,
         shot: usize,
@@ -263,8 +351,16 @@ impl Cutscene {
             .ok_or_else(|| format!("no shot {shot}"))?;
         let mut weights = PromptWeights::default();
         for (name, w) in &shot.prompt {
-            weights.0.insert(fill_template(name, variables)?, *w);
+            let filled = fill_template(name, variables)?;
+            if filled.trim().is_empty() {
+                return Err(format!(
+                    "prompt `{}` is empty with its variables filled in",
+                    echo(name)
+                ));
+            }
+            *weights.0.entry(filled).or_default() += *w;
         }
+        weights.validate().map_err(|e| e.to_string())?;
         Ok(weights)
     }
 }
