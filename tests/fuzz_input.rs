@@ -231,6 +231,15 @@ impl Tally {
             .push(format!("case {case}: panic `{}`", panic_text(payload)));
     }
 
+    /// Records one case run under `catch_unwind`: an outcome, a failure (`Err(why)`) or a panic.
+    fn record(&mut self, case: u64, outcome: std::thread::Result<Result<String, String>>) {
+        match outcome {
+            Ok(Ok(o)) => self.count(o),
+            Ok(Err(why)) => self.failures.push(format!("case {case}: {why}")),
+            Err(p) => self.panicked(case, &*p),
+        }
+    }
+
     /// The outcomes, then one `fuzz report:` line of `key=value`s for `tools/fuzz/run.sh`. The largest
     /// allocation is the process's: every loop's under `cargo test`, this loop's alone under the script.
     fn report(&self, target: &str, started: Instant) {
@@ -295,11 +304,7 @@ fn manifest_mutations_give_ok_or_a_typed_error() {
                 },
             }
         }));
-        match outcome {
-            Ok(Ok(o)) => tally.count(o),
-            Ok(Err(why)) => tally.failures.push(format!("case {case}: {why}")),
-            Err(p) => tally.panicked(case, &*p),
-        }
+        tally.record(case, outcome);
     }
     tally.report("manifest", started);
     assert!(
@@ -863,11 +868,7 @@ mod cutscene {
                     Ok(c) => play_back(&c, &variables, fps, frames_per_chunk),
                 }
             }));
-            match outcome {
-                Ok(Ok(o)) => tally.count(o),
-                Ok(Err(why)) => tally.failures.push(format!("case {case}: {why}")),
-                Err(p) => tally.panicked(case, &*p),
-            }
+            tally.record(case, outcome);
         }
         tally.report("cutscene", started);
         assert!(
