@@ -373,7 +373,7 @@ impl ModelManifest {
 
     /// Key of the denoiser graph for a pyramid stage.
     pub fn denoiser_key(stage: usize) -> String {
-        format!("denoiser_stage{stage}")
+        crate::core::graph_contract::key::denoiser(stage)
     }
 
     /// Latent grid (h, w) at full resolution.

@@ -3,6 +3,7 @@
 //! `--no-default-features`.
 
 pub mod embedding;
+pub mod graph_contract;
 pub mod limits;
 pub mod manifest;
 pub mod model;

@@ -258,7 +258,7 @@ impl<N: Denoiser + Decoder> HeliosModel<N> {
         );
         if seq_len != 1 || want_seq != 1 || dim != text.dim() || want_dim != text.dim() {
             return Err(HeliosError::ManifestMismatch {
-                graph: "text_encoder".into(),
+                graph: crate::core::graph_contract::key::TEXT_ENCODER.into(),
                 reason: format!(
                     "the encoder gives [1, {}] embeddings but the model's prompts are \
                      [{want_seq}, {want_dim}] (embeddings.seq_len must be 1 and dim the encoder's width)",

@@ -19,12 +19,13 @@ use ort::value::{Tensor, TensorElementType, ValueType};
 use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::core::embedding::{EmbeddingBank, PromptSource, PromptWeights};
+use crate::core::graph_contract::{key, port};
 use crate::core::manifest::TextEncoderSpec;
 use crate::core::runtime::session::check_file;
 use crate::error::HeliosError;
 
 /// Graph key used in errors about the text encoder.
-const GRAPH: &str = "text_encoder";
+const GRAPH: &str = key::TEXT_ENCODER;
 
 /// A sentence encoder: tokenizer plus ONNX graph, with a small cache of embedded texts.
 pub struct TextEncoder {
@@ -154,12 +155,12 @@ impl TextEncoder {
         let outputs = self
             .session
             .run(ort::inputs![
-                "input_ids" => Tensor::from_array((shape, ids)).map_err(err)?,
-                "attention_mask" => Tensor::from_array((shape, mask)).map_err(err)?,
+                port::INPUT_IDS => Tensor::from_array((shape, ids)).map_err(err)?,
+                port::ATTENTION_MASK => Tensor::from_array((shape, mask)).map_err(err)?,
             ])
             .map_err(err)?;
         let value = outputs
-            .get("embedding")
+            .get(port::EMBEDDING)
             .ok_or_else(|| HeliosError::ManifestMismatch {
                 graph: GRAPH.into(),
                 reason: "output `embedding` missing at run time".into(),
@@ -220,7 +221,7 @@ fn check_signature(session: &Session) -> Result<usize, HeliosError> {
         graph: GRAPH.into(),
         reason,
     };
-    for name in ["input_ids", "attention_mask"] {
+    for name in [port::INPUT_IDS, port::ATTENTION_MASK] {
         let input = session
             .inputs()
             .iter()
@@ -245,7 +246,7 @@ fn check_signature(session: &Session) -> Result<usize, HeliosError> {
     let output = session
         .outputs()
         .iter()
-        .find(|o| o.name() == "embedding")
+        .find(|o| o.name() == port::EMBEDDING)
         .ok_or_else(|| mismatch("the graph has no output `embedding`".into()))?;
     match output.dtype() {
         ValueType::Tensor { ty, shape, .. }

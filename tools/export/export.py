@@ -36,6 +36,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import contract as K  # noqa: E402
+
 # The exporter logs a warning per missing torchvision op and per skipped constant fold; none matter here.
 logging.getLogger("torch.onnx").setLevel(logging.ERROR)
 logging.getLogger("onnxscript").setLevel(logging.ERROR)
@@ -540,6 +543,7 @@ def stage_hw(h: int, w: int, stage: int) -> tuple[int, int]:
 
 def contract(height: int, width: int, seq: int, dim: int, channels: int = 16, sigma_dtype: str = "F32") -> dict:
     """graph key -> (inputs, outputs), each a list of (name, shape, dtype) as docs/graph-contract.md states.
+    Names come from contract.py (the mirror of src/core/graph_contract.rs).
     `sigma_dtype` is the dtype of the dmd_step graphs' `sigma`/`sigma_next` ("F32", or "F64" = exact)."""
     h, w = height // 8, width // 8
     F_, (L_, M_, _) = LATENT_FRAMES, HISTORY_SIZES
@@ -547,65 +551,66 @@ def contract(height: int, width: int, seq: int, dim: int, channels: int = 16, si
     f32 = "F32"
     c = {}
     hist = [
-        ("latents_history_short", [1, channels, 2, h, w], f32),
-        ("latents_history_mid", [1, channels, M_, h, w], f32),
-        ("latents_history_long", [1, channels, L_, h, w], f32),
+        (K.LATENTS_HISTORY_SHORT, [1, channels, 2, h, w], f32),
+        (K.LATENTS_HISTORY_MID, [1, channels, M_, h, w], f32),
+        (K.LATENTS_HISTORY_LONG, [1, channels, L_, h, w], f32),
     ]
     for s in range(STAGES):
         hs, ws = stage_hw(h, w, s)
         lat = [1, channels, F_, hs, ws]
-        c[f"denoiser_stage{s}"] = (
-            [("hidden_states", lat, f32), ("timestep", [1], "I64"), ("encoder_hidden_states", [1, seq, dim], f32)]
+        c[K.denoiser(s)] = (
+            [(K.HIDDEN_STATES, lat, f32), (K.TIMESTEP, [1], "I64"), (K.ENCODER_HIDDEN_STATES, [1, seq, dim], f32)]
             + hist,
-            [("velocity", lat, f32)],
+            [(K.VELOCITY, lat, f32)],
         )
-    c["vae_decoder"] = ([("latents", [1, channels, F_, h, w], f32)], [("video", [1, 3, frames, height, width], f32)])
-    c["vae_encoder_image"] = (
-        [("video", [1, 3, 1, height, width], f32)],
-        [("mean", [1, channels, 1, h, w], f32), ("logvar", [1, channels, 1, h, w], f32)],
+    c[K.VAE_DECODER] = ([(K.LATENTS, [1, channels, F_, h, w], f32)], [(K.VIDEO, [1, 3, frames, height, width], f32)])
+    c[K.VAE_ENCODER_IMAGE] = (
+        [(K.VIDEO, [1, 3, 1, height, width], f32)],
+        [(K.MEAN, [1, channels, 1, h, w], f32), (K.LOGVAR, [1, channels, 1, h, w], f32)],
     )
-    c["vae_encoder_clip"] = (
-        [("video", [1, 3, frames, height, width], f32)],
-        [("mean", [1, channels, F_, h, w], f32), ("logvar", [1, channels, F_, h, w], f32)],
+    c[K.VAE_ENCODER_CLIP] = (
+        [(K.VIDEO, [1, 3, frames, height, width], f32)],
+        [(K.MEAN, [1, channels, F_, h, w], f32), (K.LOGVAR, [1, channels, F_, h, w], f32)],
     )
-    c["pyramid_downsample"] = ([("noise", [1, channels, F_, h, w], f32)],
-                               [("start", [1, channels, F_, h // 4, w // 4], f32)])
+    c[K.PYRAMID_DOWNSAMPLE] = ([(K.NOISE, [1, channels, F_, h, w], f32)],
+                               [(K.START, [1, channels, F_, h // 4, w // 4], f32)])
     for s in range(1, STAGES):
         hs, ws = stage_hw(h, w, s)
         n = channels * F_ * (hs // 2) * (ws // 2)
-        c[f"pyramid_renoise_stage{s}"] = (
-            [("x0", [1, channels, F_, hs // 2, ws // 2], f32), ("z", [n, 4], f32)],
-            [("start", [1, channels, F_, hs, ws], f32)],
+        c[K.pyramid_renoise(s)] = (
+            [(K.X0, [1, channels, F_, hs // 2, ws // 2], f32), (K.Z, [n, 4], f32)],
+            [(K.START, [1, channels, F_, hs, ws], f32)],
         )
     for s in range(STAGES):
         hs, ws = stage_hw(h, w, s)
         lat = [1, channels, F_, hs, ws]
-        c[f"dmd_step_stage{s}"] = (
-            [("sample", lat, f32), ("velocity", lat, f32), ("start", lat, f32), ("sigma", [1], sigma_dtype),
-             ("sigma_next", [1], sigma_dtype)],
-            [("x0", lat, f32), ("next", lat, f32)],
+        c[K.dmd_step(s)] = (
+            [(K.SAMPLE, lat, f32), (K.VELOCITY, lat, f32), (K.START, lat, f32), (K.SIGMA, [1], sigma_dtype),
+             (K.SIGMA_NEXT, [1], sigma_dtype)],
+            [(K.X0, lat, f32), (K.NEXT, lat, f32)],
         )
     # Device-loop helpers (issue 6): the history ring and the decode to display bytes on the device.
     n_hist = L_ + M_ + 1
-    c["history_push"] = (
-        [("history", [1, channels, n_hist, h, w], f32), ("chunk", [1, channels, F_, h, w], f32)],
-        [("history_next", [1, channels, n_hist, h, w], f32), ("first_frame", [1, channels, 1, h, w], f32)],
+    c[K.HISTORY_PUSH] = (
+        [(K.HISTORY, [1, channels, n_hist, h, w], f32), (K.CHUNK, [1, channels, F_, h, w], f32)],
+        [(K.HISTORY_NEXT, [1, channels, n_hist, h, w], f32), (K.FIRST_FRAME, [1, channels, 1, h, w], f32)],
     )
-    c["history_slices"] = (
-        [("history", [1, channels, n_hist, h, w], f32), ("anchor", [1, channels, 1, h, w], f32)],
-        [("short", [1, channels, 2, h, w], f32), ("mid", [1, channels, M_, h, w], f32),
-         ("long", [1, channels, L_, h, w], f32)],
+    c[K.HISTORY_SLICES] = (
+        [(K.HISTORY, [1, channels, n_hist, h, w], f32), (K.ANCHOR, [1, channels, 1, h, w], f32)],
+        [(K.SHORT, [1, channels, 2, h, w], f32), (K.MID, [1, channels, M_, h, w], f32),
+         (K.LONG, [1, channels, L_, h, w], f32)],
     )
-    c["vae_decoder_rgba8"] = ([("latents", [1, channels, F_, h, w], f32)], [("rgba", [frames, height, width, 4], "U8")])
+    c[K.VAE_DECODER_RGBA8] = ([(K.LATENTS, [1, channels, F_, h, w], f32)],
+                              [(K.RGBA, [frames, height, width, 4], "U8")])
     return c
 
 
 GRAPH_ORDER = (
-    [f"denoiser_stage{s}" for s in range(STAGES)]
-    + ["vae_decoder", "vae_encoder_image", "vae_encoder_clip", "pyramid_downsample"]
-    + [f"pyramid_renoise_stage{s}" for s in range(1, STAGES)]
-    + [f"dmd_step_stage{s}" for s in range(STAGES)]
-    + ["history_push", "history_slices", "vae_decoder_rgba8"]
+    [K.denoiser(s) for s in range(STAGES)]
+    + [K.VAE_DECODER, K.VAE_ENCODER_IMAGE, K.VAE_ENCODER_CLIP, K.PYRAMID_DOWNSAMPLE]
+    + [K.pyramid_renoise(s) for s in range(1, STAGES)]
+    + [K.dmd_step(s) for s in range(STAGES)]
+    + [K.HISTORY_PUSH, K.HISTORY_SLICES, K.VAE_DECODER_RGBA8]
 )
 
 
@@ -851,26 +856,26 @@ def verify_one(key: str, module, path: Path, spec, dtype: str, gen: torch.Genera
 
 def build_modules(key: str, transformer, vae, scheduler, L: torch.Tensor, dtype: str):
     dt = DTYPES[dtype]
-    if key.startswith("denoiser_stage"):
+    if key.startswith(K.DENOISER_PREFIX):
         return DenoiserStage(transformer).eval()
-    if key == "vae_decoder":
+    if key == K.VAE_DECODER:
         return VaeDecoder(vae).eval()
-    if key.startswith("vae_encoder"):
+    if key in (K.VAE_ENCODER_IMAGE, K.VAE_ENCODER_CLIP):
         return VaeEncoder(vae).eval()
-    if key == "pyramid_downsample":
+    if key == K.PYRAMID_DOWNSAMPLE:
         return PyramidDownsample().eval()
-    if key.startswith("pyramid_renoise_stage"):
+    if key.startswith(K.RENOISE_PREFIX):
         s = int(key[-1])
         alpha, beta = renoise_coefficients(scheduler, s)
         return PyramidRenoise(L, alpha, beta, dt).eval()
-    if key.startswith("dmd_step_stage"):
+    if key.startswith(K.DMD_STEP_PREFIX):
         s = int(key[-1])
         return DmdStep(dt, torch.float32 if s == 0 else dt).eval()
-    if key == "history_push":
+    if key == K.HISTORY_PUSH:
         return HistoryPush().eval()
-    if key == "history_slices":
+    if key == K.HISTORY_SLICES:
         return HistorySlices().eval()
-    if key == "vae_decoder_rgba8":
+    if key == K.VAE_DECODER_RGBA8:
         return VaeDecoderRgba8(vae).eval()
     raise KeyError(key)
 

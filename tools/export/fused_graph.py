@@ -64,7 +64,7 @@ OPSET = 22  # bf16 Conv needs opset >= 22
 IR_VERSION = 10
 WEIGHTS_FILE = E.FUSED_WEIGHTS  # "denoiser_weights.safetensors"
 WEIGHTS_ALIGN = 4096  # data section starts page-aligned; tensors whose size is a multiple of it stay aligned
-STAGE_KEYS = [f"denoiser_stage{s}" for s in range(E.STAGES)]
+STAGE_KEYS = [E.K.denoiser(s) for s in range(E.STAGES)]
 DTYPES = ("fp32", "bf16")
 TORCH_DT = {"fp32": torch.float32, "bf16": torch.bfloat16}
 ST_DTYPE = {torch.float32: "F32", torch.bfloat16: "BF16"}
@@ -485,7 +485,7 @@ def build_stage(meta: ModelMeta, index: dict, stage: int, height: int, width: in
         raise NotImplementedError("velocity must have the latent's channel count (out_channels == in_channels)")
     h, w = height // 8, width // 8
     hs, ws = E.stage_hw(h, w, stage)
-    key = f"denoiser_stage{stage}"
+    key = E.K.denoiser(stage)
     ins, outs = E.contract(height, width, seq, meta.text_dim, C)[key]
     g = _Graph(index, weights_file)
     for name, shape, dt in ins:
@@ -714,7 +714,7 @@ def export_denoisers(transformer, out, dtype: str, height: int, width: int, seq:
         summary["shared_weights"]["casts"] = len(info["casts"])
     spec = E.contract(height, width, seq, meta.text_dim, meta.in_channels)
     for s in stages:
-        key = f"denoiser_stage{s}"
+        key = E.K.denoiser(s)
         path = out / f"{key}.onnx"
         model = build_stage(meta, info["tensors"], s, height, width, seq, dtype)
         onnx.save(model, str(path))
@@ -889,7 +889,7 @@ def verify_stages(transformer, out, dtype: str, height: int, width: int, seq: in
     spec = E.contract(height, width, seq, meta.text_dim, meta.in_channels)
     results = []
     for s in range(E.STAGES):
-        key = f"denoiser_stage{s}"
+        key = E.K.denoiser(s)
         path = Path(out) / f"{key}.onnx"
         if not path.exists():
             continue

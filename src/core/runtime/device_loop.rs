@@ -32,6 +32,7 @@ use ort::value::DynTensor;
 use super::binding::{Copier, DeviceMemory, HostTensor, Transfer, ort_err};
 use super::provider::Provider;
 use super::session::GraphSession;
+use crate::core::graph_contract::{key, port};
 use crate::core::manifest::{DType, ModelManifest, TensorSpec};
 use crate::core::sampler::history::HistoryRing;
 use crate::core::sampler::noise::{DrawKind, NoiseSource};
@@ -39,20 +40,20 @@ use crate::core::sampler::{RunnerOutput, Sampler, SamplerOptions};
 use crate::core::stream::ChunkTimings;
 use crate::error::HeliosError;
 
-/// Graph key of the history update (`history`, `chunk` → `history_next`, `first_frame`).
-pub const HISTORY_PUSH: &str = "history_push";
-/// Graph key of the history slices (`history`, `anchor` → `short`, `mid`, `long`).
-pub const HISTORY_SLICES: &str = "history_slices";
-/// Graph key of the decoder to RGBA8 (`latents` → `rgba` u8 `[T, H, W, 4]`).
-pub const DECODER_RGBA8: &str = "vae_decoder_rgba8";
-
 /// The graphs the device loop needs beyond the denoisers, for a model's stage count.
 pub fn required_graphs(manifest: &ModelManifest) -> Vec<String> {
     let stages = manifest.scheduler.stages;
-    let mut keys = vec!["pyramid_downsample".to_string()];
-    keys.extend((1..stages).map(|s| format!("pyramid_renoise_stage{s}")));
-    keys.extend((0..stages).map(|s| format!("dmd_step_stage{s}")));
-    keys.extend([HISTORY_PUSH, HISTORY_SLICES, DECODER_RGBA8].map(String::from));
+    let mut keys = vec![key::PYRAMID_DOWNSAMPLE.to_string()];
+    keys.extend((1..stages).map(key::pyramid_renoise));
+    keys.extend((0..stages).map(key::dmd_step));
+    keys.extend(
+        [
+            key::HISTORY_PUSH,
+            key::HISTORY_SLICES,
+            key::VAE_DECODER_RGBA8,
+        ]
+        .map(String::from),
+    );
     keys
 }
 
@@ -365,37 +366,24 @@ impl DeviceLoop {
         let (c, f) = (manifest.latent_channels, manifest.latent_frames_per_chunk);
         let (h, w) = manifest.latent_hw();
         let hist_len = manifest.history_len();
-        let den = |s: usize| ModelManifest::denoiser_key(s);
-        let dmd = |s: usize| format!("dmd_step_stage{s}");
-        let ren = |s: usize| format!("pyramid_renoise_stage{s}");
+        let den = key::denoiser;
+        let dmd = key::dmd_step;
+        let ren = key::pyramid_renoise;
         for s in 0..stages {
-            p.only_inputs(
-                &den(s),
-                &[
-                    "hidden_states",
-                    "timestep",
-                    "encoder_hidden_states",
-                    "latents_history_short",
-                    "latents_history_mid",
-                    "latents_history_long",
-                ],
-            )?;
-            p.only_inputs(
-                &dmd(s),
-                &["sample", "velocity", "start", "sigma", "sigma_next"],
-            )?;
+            p.only_inputs(&den(s), &port::DENOISER_INPUTS)?;
+            p.only_inputs(&dmd(s), &port::DMD_STEP_INPUTS)?;
             if s > 0 {
-                p.only_inputs(&ren(s), &["x0", "z"])?;
+                p.only_inputs(&ren(s), &[port::X0, port::Z])?;
             }
         }
-        p.only_inputs("pyramid_downsample", &["noise"])?;
-        p.only_inputs(HISTORY_PUSH, &["history", "chunk"])?;
-        p.only_inputs(HISTORY_SLICES, &["history", "anchor"])?;
-        p.only_inputs(DECODER_RGBA8, &["latents"])?;
+        p.only_inputs(key::PYRAMID_DOWNSAMPLE, &[port::NOISE])?;
+        p.only_inputs(key::HISTORY_PUSH, &[port::HISTORY, port::CHUNK])?;
+        p.only_inputs(key::HISTORY_SLICES, &[port::HISTORY, port::ANCHOR])?;
+        p.only_inputs(key::VAE_DECODER_RGBA8, &[port::LATENTS])?;
 
         // Buffer specs, each checked against every port that shares it.
-        let eps_spec = p.agree(&[("pyramid_downsample", "noise", false)])?;
-        p.expect_shape("noise", &eps_spec, &[1, c, f, h, w])?;
+        let eps_spec = p.agree(&[(key::PYRAMID_DOWNSAMPLE, port::NOISE, false)])?;
+        p.expect_shape(port::NOISE, &eps_spec, &[1, c, f, h, w])?;
         let mut start_specs = Vec::new();
         let mut lat_specs = Vec::new();
         let mut vel_specs = Vec::new();
@@ -406,30 +394,30 @@ impl DeviceLoop {
             let (d, m) = (den(s), dmd(s));
             let (hs, ws) = manifest.stage_hw(s);
             let producer = if s == 0 {
-                ("pyramid_downsample".to_string(), "start")
+                (key::PYRAMID_DOWNSAMPLE.to_string(), port::START)
             } else {
-                (ren(s), "start")
+                (ren(s), port::START)
             };
             let spec = p.agree(&[
                 (&producer.0, producer.1, true),
-                (&m, "start", false),
-                (&m, "sample", false),
-                (&d, "hidden_states", false),
+                (&m, port::START, false),
+                (&m, port::SAMPLE, false),
+                (&d, port::HIDDEN_STATES, false),
             ])?;
             p.expect_shape(&format!("start of stage {s}"), &spec, &[1, c, f, hs, ws])?;
             start_specs.push(spec);
             lat_specs.push(p.agree(&[
-                (&m, "next", true),
-                (&m, "sample", false),
-                (&d, "hidden_states", false),
+                (&m, port::NEXT, true),
+                (&m, port::SAMPLE, false),
+                (&d, port::HIDDEN_STATES, false),
             ])?);
-            vel_specs.push(p.agree(&[(&d, "velocity", true), (&m, "velocity", false)])?);
-            let mut x0_ports: Vec<(String, &str, bool)> = vec![(m.clone(), "x0", true)];
+            vel_specs.push(p.agree(&[(&d, port::VELOCITY, true), (&m, port::VELOCITY, false)])?);
+            let mut x0_ports: Vec<(String, &str, bool)> = vec![(m.clone(), port::X0, true)];
             if s < last {
-                x0_ports.push((ren(s + 1), "x0", false));
+                x0_ports.push((ren(s + 1), port::X0, false));
             } else {
-                x0_ports.push((HISTORY_PUSH.into(), "chunk", false));
-                x0_ports.push((DECODER_RGBA8.into(), "latents", false));
+                x0_ports.push((key::HISTORY_PUSH.into(), port::CHUNK, false));
+                x0_ports.push((key::VAE_DECODER_RGBA8.into(), port::LATENTS, false));
             }
             let refs: Vec<(&str, &str, bool)> = x0_ports
                 .iter()
@@ -437,7 +425,7 @@ impl DeviceLoop {
                 .collect();
             x0_specs.push(p.agree(&refs)?);
             if s > 0 {
-                let spec = p.agree(&[(&ren(s), "z", false)])?;
+                let spec = p.agree(&[(&ren(s), port::Z, false)])?;
                 p.expect_shape(
                     &format!("block noise of stage {s}"),
                     &spec,
@@ -450,34 +438,42 @@ impl DeviceLoop {
         let den_keys: Vec<String> = (0..stages).map(den).collect();
         let text_ports: Vec<(&str, &str, bool)> = den_keys
             .iter()
-            .map(|k| (k.as_str(), "encoder_hidden_states", false))
+            .map(|k| (k.as_str(), port::ENCODER_HIDDEN_STATES, false))
             .collect();
         let text_spec = p.agree(&text_ports)?;
         let mut term_specs = Vec::new();
-        for (term, want) in [
-            ("short", 2),
-            ("mid", manifest.history_sizes[1]),
-            ("long", manifest.history_sizes[0]),
+        // Each slice the history graph writes is read by every denoiser under its `latents_history_*` name.
+        for (term, input, want) in [
+            (port::SHORT, port::LATENTS_HISTORY_SHORT, 2),
+            (
+                port::MID,
+                port::LATENTS_HISTORY_MID,
+                manifest.history_sizes[1],
+            ),
+            (
+                port::LONG,
+                port::LATENTS_HISTORY_LONG,
+                manifest.history_sizes[0],
+            ),
         ] {
-            let input = format!("latents_history_{term}");
-            let mut ports: Vec<(&str, &str, bool)> = vec![(HISTORY_SLICES, term, true)];
-            ports.extend(den_keys.iter().map(|k| (k.as_str(), input.as_str(), false)));
+            let mut ports: Vec<(&str, &str, bool)> = vec![(key::HISTORY_SLICES, term, true)];
+            ports.extend(den_keys.iter().map(|k| (k.as_str(), input, false)));
             let spec = p.agree(&ports)?;
             p.expect_shape(&format!("history {term}"), &spec, &[1, c, want, h, w])?;
             term_specs.push(spec);
         }
         let hist_spec = p.agree(&[
-            (HISTORY_PUSH, "history", false),
-            (HISTORY_PUSH, "history_next", true),
-            (HISTORY_SLICES, "history", false),
+            (key::HISTORY_PUSH, port::HISTORY, false),
+            (key::HISTORY_PUSH, port::HISTORY_NEXT, true),
+            (key::HISTORY_SLICES, port::HISTORY, false),
         ])?;
-        p.expect_shape("history", &hist_spec, &[1, c, hist_len, h, w])?;
+        p.expect_shape(port::HISTORY, &hist_spec, &[1, c, hist_len, h, w])?;
         let anchor_spec = p.agree(&[
-            (HISTORY_SLICES, "anchor", false),
-            (HISTORY_PUSH, "first_frame", true),
+            (key::HISTORY_SLICES, port::ANCHOR, false),
+            (key::HISTORY_PUSH, port::FIRST_FRAME, true),
         ])?;
-        p.expect_shape("anchor", &anchor_spec, &[1, c, 1, h, w])?;
-        let rgba_spec = p.agree(&[(DECODER_RGBA8, "rgba", true)])?;
+        p.expect_shape(port::ANCHOR, &anchor_spec, &[1, c, 1, h, w])?;
+        let rgba_spec = p.agree(&[(key::VAE_DECODER_RGBA8, port::RGBA, true)])?;
         let frames = manifest.frames_per_chunk();
         p.expect_shape(
             "frames",
@@ -486,22 +482,22 @@ impl DeviceLoop {
         )?;
         if rgba_spec.dtype != DType::U8 {
             return Err(HeliosError::ManifestMismatch {
-                graph: DECODER_RGBA8.into(),
+                graph: key::VAE_DECODER_RGBA8.into(),
                 reason: format!("output `rgba` is {:?}, the loop reads U8", rgba_spec.dtype),
             });
         }
 
         // Sessions and memory.
-        let downsample = open("pyramid_downsample")?;
+        let downsample = open(key::PYRAMID_DOWNSAMPLE)?;
         let renoise = (1..stages)
             .map(|s| open(&ren(s)))
             .collect::<Result<Vec<_>, _>>()?;
         let dmd_sessions = (0..stages)
             .map(|s| open(&dmd(s)))
             .collect::<Result<Vec<_>, _>>()?;
-        let push = open(HISTORY_PUSH)?;
-        let slices = open(HISTORY_SLICES)?;
-        let decode = open(DECODER_RGBA8)?;
+        let push = open(key::HISTORY_PUSH)?;
+        let slices = open(key::HISTORY_SLICES)?;
+        let decode = open(key::VAE_DECODER_RGBA8)?;
         let memory = DeviceMemory::for_session(&denoisers[0].session, provider)?;
         let alloc = |spec: &TensorSpec| memory.tensor(spec);
 
@@ -545,12 +541,12 @@ impl DeviceLoop {
         let mut scalar_index: [Vec<Vec<(usize, usize, usize)>>; 2] = [Vec::new(), Vec::new()];
         for (v, amplify) in [false, true].into_iter().enumerate() {
             for (s, sched) in sampler.stage_schedules(amplify).iter().enumerate() {
-                let ts_spec = p.spec(&den(s), "timestep", false)?;
-                let sig_spec = p.spec(&dmd(s), "sigma", false)?;
-                let sn_spec = p.spec(&dmd(s), "sigma_next", false)?;
-                let mut ts_host = HostTensor::new("timestep", ts_spec)?;
-                let mut sig_host = HostTensor::new("sigma", sig_spec)?;
-                let mut sn_host = HostTensor::new("sigma_next", sn_spec)?;
+                let ts_spec = p.spec(&den(s), port::TIMESTEP, false)?;
+                let sig_spec = p.spec(&dmd(s), port::SIGMA, false)?;
+                let sn_spec = p.spec(&dmd(s), port::SIGMA_NEXT, false)?;
+                let mut ts_host = HostTensor::new(port::TIMESTEP, ts_spec)?;
+                let mut sig_host = HostTensor::new(port::SIGMA, sig_spec)?;
+                let mut sn_host = HostTensor::new(port::SIGMA_NEXT, sn_spec)?;
                 let n = sched.steps();
                 let mut per_step = Vec::with_capacity(n);
                 for i in 0..n {
@@ -582,42 +578,44 @@ impl DeviceLoop {
         }
 
         // Bindings.
-        let mut b = Binder::new(&downsample, cuda_graph("pyramid_downsample"));
-        let run_downsample =
-            b.bind(&[("noise", &buffers.eps)], &mut [("start", &mut starts[0])])?;
+        let mut b = Binder::new(&downsample, cuda_graph(key::PYRAMID_DOWNSAMPLE));
+        let run_downsample = b.bind(
+            &[(port::NOISE, &buffers.eps)],
+            &mut [(port::START, &mut starts[0])],
+        )?;
         let mut run_renoise = Vec::new();
         for s in 1..stages {
             let mut b = Binder::new(&renoise[s - 1], cuda_graph(&ren(s)));
             run_renoise.push(b.bind(
-                &[("x0", &x0s[s - 1]), ("z", &buffers.z[s - 1])],
-                &mut [("start", &mut starts[s])],
+                &[(port::X0, &x0s[s - 1]), (port::Z, &buffers.z[s - 1])],
+                &mut [(port::START, &mut starts[s])],
             )?);
         }
-        let mut b = Binder::new(&slices, cuda_graph(HISTORY_SLICES));
+        let mut b = Binder::new(&slices, cuda_graph(key::HISTORY_SLICES));
         let mut slice_runs = Vec::new();
         for parity in 0..2 {
             slice_runs.push(b.bind(
                 &[
-                    ("history", &buffers.history[parity]),
-                    ("anchor", &buffers.anchor),
+                    (port::HISTORY, &buffers.history[parity]),
+                    (port::ANCHOR, &buffers.anchor),
                 ],
                 &mut [
-                    ("short", &mut short),
-                    ("mid", &mut mid),
-                    ("long", &mut long),
+                    (port::SHORT, &mut short),
+                    (port::MID, &mut mid),
+                    (port::LONG, &mut long),
                 ],
             )?);
         }
-        let mut b = Binder::new(&push, cuda_graph(HISTORY_PUSH));
+        let mut b = Binder::new(&push, cuda_graph(key::HISTORY_PUSH));
         let mut push_runs = Vec::new();
         for parity in 0..2 {
             let [h0, h1] = &mut buffers.history;
             let (from, to) = if parity == 0 { (&*h0, h1) } else { (&*h1, h0) };
             push_runs.push(b.bind(
-                &[("history", from), ("chunk", &buffers.latents)],
+                &[(port::HISTORY, from), (port::CHUNK, &buffers.latents)],
                 &mut [
-                    ("history_next", to),
-                    ("first_frame", &mut buffers.first_frame),
+                    (port::HISTORY_NEXT, to),
+                    (port::FIRST_FRAME, &mut buffers.first_frame),
                 ],
             )?);
         }
@@ -643,14 +641,14 @@ impl DeviceLoop {
                     };
                     let denoise = den_binders[s].bind(
                         &[
-                            ("hidden_states", sample),
-                            ("timestep", &scalars[ti]),
-                            ("encoder_hidden_states", &buffers.text),
-                            ("latents_history_short", &short),
-                            ("latents_history_mid", &mid),
-                            ("latents_history_long", &long),
+                            (port::HIDDEN_STATES, sample),
+                            (port::TIMESTEP, &scalars[ti]),
+                            (port::ENCODER_HIDDEN_STATES, &buffers.text),
+                            (port::LATENTS_HISTORY_SHORT, &short),
+                            (port::LATENTS_HISTORY_MID, &mid),
+                            (port::LATENTS_HISTORY_LONG, &long),
                         ],
-                        &mut [("velocity", &mut vels[s])],
+                        &mut [(port::VELOCITY, &mut vels[s])],
                     )?;
                     let x0: &mut DynTensor = if s < last {
                         &mut x0s[s]
@@ -659,13 +657,13 @@ impl DeviceLoop {
                     };
                     let dmd_run = dmd_binders[s].bind(
                         &[
-                            ("sample", sample),
-                            ("velocity", &vels[s]),
-                            ("start", &starts[s]),
-                            ("sigma", &scalars[si]),
-                            ("sigma_next", &scalars[ni]),
+                            (port::SAMPLE, sample),
+                            (port::VELOCITY, &vels[s]),
+                            (port::START, &starts[s]),
+                            (port::SIGMA, &scalars[si]),
+                            (port::SIGMA_NEXT, &scalars[ni]),
                         ],
-                        &mut [("x0", x0), ("next", next)],
+                        &mut [(port::X0, x0), (port::NEXT, next)],
                     )?;
                     runs.push(StepRuns {
                         denoise,
@@ -677,10 +675,10 @@ impl DeviceLoop {
         }
         drop(den_binders);
         drop(dmd_binders);
-        let mut b = Binder::new(&decode, cuda_graph(DECODER_RGBA8));
+        let mut b = Binder::new(&decode, cuda_graph(key::VAE_DECODER_RGBA8));
         let run_decode = b.bind(
-            &[("latents", &buffers.latents)],
-            &mut [("rgba", &mut buffers.rgba)],
+            &[(port::LATENTS, &buffers.latents)],
+            &mut [(port::RGBA, &mut buffers.rgba)],
         )?;
 
         let mut staging = Staging {

@@ -19,6 +19,7 @@ use super::environment;
 use super::prepare::engines_not_ready;
 use super::provider::{GraphOptions, Provider, ProviderReport};
 use super::weights::SharedWeights;
+use crate::core::graph_contract::{key, port};
 use crate::core::manifest::{GraphSpec, ModelManifest};
 use crate::core::sampler::history::HistoryRing;
 use crate::core::sampler::noise::NoiseSource;
@@ -573,11 +574,11 @@ impl OrtModel {
         };
         let mut denoisers = Vec::new();
         for s in 0..manifest.scheduler.stages {
-            denoisers.push(open(&ModelManifest::denoiser_key(s))?);
+            denoisers.push(open(&key::denoiser(s))?);
         }
-        let decoder = open("vae_decoder")?;
+        let decoder = open(key::VAE_DECODER)?;
         let mut extra = BTreeMap::new();
-        for key in ["vae_encoder_image", "vae_encoder_clip"] {
+        for key in [key::VAE_ENCODER_IMAGE, key::VAE_ENCODER_CLIP] {
             if manifest.graphs.contains_key(key) {
                 extra.insert(key.to_string(), open(key)?);
             }
@@ -735,9 +736,9 @@ impl OrtModel {
         video: &Array5<f32>,
     ) -> Result<(Array5<f32>, Array5<f32>), HeliosError> {
         let key = if video.dim().2 == 1 {
-            "vae_encoder_image"
+            key::VAE_ENCODER_IMAGE
         } else {
-            "vae_encoder_clip"
+            key::VAE_ENCODER_CLIP
         };
         let session = self
             .extra
@@ -748,15 +749,20 @@ impl OrtModel {
                     self.manifest.name
                 ),
             })?;
-        let mut out = session.run(vec![("video", Feed::F32View(video.view().into_dyn()))])?;
-        let mean = to5(key, "mean", out.remove("mean").unwrap_or_default())?;
-        let logvar = to5(key, "logvar", out.remove("logvar").unwrap_or_default())?;
+        let mut out = session.run(vec![(port::VIDEO, Feed::F32View(video.view().into_dyn()))])?;
+        let mean = to5(key, port::MEAN, out.remove(port::MEAN).unwrap_or_default())?;
+        let logvar = to5(
+            key,
+            port::LOGVAR,
+            out.remove(port::LOGVAR).unwrap_or_default(),
+        )?;
         Ok((mean, logvar))
     }
 
     /// Whether image conditioning graphs are present.
     pub fn has_encoder(&self) -> bool {
-        self.extra.contains_key("vae_encoder_image") && self.extra.contains_key("vae_encoder_clip")
+        self.extra.contains_key(key::VAE_ENCODER_IMAGE)
+            && self.extra.contains_key(key::VAE_ENCODER_CLIP)
     }
 }
 
@@ -827,40 +833,45 @@ impl Denoiser for OrtModel {
         let key = session.key.clone();
         let mut out = session.run(vec![
             (
-                "hidden_states",
+                port::HIDDEN_STATES,
                 Feed::F32View(input.sample.view().into_dyn()),
             ),
-            ("timestep", Feed::I64(vec![input.timestep], vec![1])),
+            (port::TIMESTEP, Feed::I64(vec![input.timestep], vec![1])),
             (
-                "encoder_hidden_states",
+                port::ENCODER_HIDDEN_STATES,
                 Feed::F32View(input.text.view().into_dyn()),
             ),
             (
-                "latents_history_short",
+                port::LATENTS_HISTORY_SHORT,
                 Feed::F32View(input.history.short.view().into_dyn()),
             ),
             (
-                "latents_history_mid",
+                port::LATENTS_HISTORY_MID,
                 Feed::F32View(input.history.mid.view().into_dyn()),
             ),
             (
-                "latents_history_long",
+                port::LATENTS_HISTORY_LONG,
                 Feed::F32View(input.history.long.view().into_dyn()),
             ),
         ])?;
-        to5(&key, "velocity", out.remove("velocity").unwrap_or_default())
+        to5(
+            &key,
+            port::VELOCITY,
+            out.remove(port::VELOCITY).unwrap_or_default(),
+        )
     }
 }
 
 impl Decoder for OrtModel {
     fn decode(&mut self, latents: &Array5<f32>) -> Result<Array5<f32>, HeliosError> {
-        let mut out = self
-            .decoder
-            .run(vec![("latents", Feed::F32View(latents.view().into_dyn()))])?;
+        let mut out = self.decoder.run(vec![(
+            port::LATENTS,
+            Feed::F32View(latents.view().into_dyn()),
+        )])?;
         to5(
-            "vae_decoder",
-            "video",
-            out.remove("video").unwrap_or_default(),
+            key::VAE_DECODER,
+            port::VIDEO,
+            out.remove(port::VIDEO).unwrap_or_default(),
         )
     }
 }
