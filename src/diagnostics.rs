@@ -67,7 +67,7 @@ pub(crate) fn register(app: &mut App) {
     }
 }
 
-/// Nanoseconds the plugin spent on the main thread since the last [`record`]. Shared (not `ResMut`)
+/// Nanoseconds the plugin spent on the main thread since the last `record`. Shared (not `ResMut`)
 /// so measuring never serialises systems.
 #[derive(Resource, Clone, Debug, Default)]
 pub struct MainThreadCost(Arc<AtomicU64>);

@@ -23,6 +23,8 @@
 //! # Ok(()) }
 //! ```
 //!
+#![cfg_attr(feature = "plugin", doc = include_str!("../docs/pipeline.md"))]
+//!
 //! ## Features
 //! - `plugin` (default): the Bevy layer.
 //! - `inspector`: an egui window with per-stream metrics and controls.

@@ -78,7 +78,7 @@ pub mod port {
     // Denoisers.
     /// Denoiser input: the sample being denoised.
     pub const HIDDEN_STATES: &str = "hidden_states";
-    /// Denoiser input: the step's timestep (i64 [1]).
+    /// Denoiser input: the step's timestep (i64, shape `[1]`).
     pub const TIMESTEP: &str = "timestep";
     /// Denoiser input: the prompt embedding.
     pub const ENCODER_HIDDEN_STATES: &str = "encoder_hidden_states";

@@ -139,7 +139,7 @@ pub struct TextEncoderSpec {
     pub sha256: String,
     /// SHA-256 of `tokenizer`.
     pub tokenizer_sha256: String,
-    /// Longest token sequence ([CLS] and [SEP] included); longer texts are cut (128 for all-MiniLM-L6-v2).
+    /// Longest token sequence (`[CLS]` and `[SEP]` included); longer texts are cut (128 for all-MiniLM-L6-v2).
     pub max_tokens: usize,
 }
 

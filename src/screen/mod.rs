@@ -1,9 +1,9 @@
 //! Screens: [`HeliosScreen`] (a generated video stream shown on an entity, the component users edit),
 //! the plugin-owned [`HeliosStream`] state and the public [`HeliosStreamStats`] it requires.
 //!
-//! Screens own their streams: [`lifecycle`] opens, restarts and closes them and turns screen edits
-//! (prompt, seed, reference image) into worker requests; [`display`] makes and attaches the image and
-//! measures visibility; [`reference`] reads image-to-video references back from the GPU. The worker
+//! Screens own their streams: `lifecycle` opens, restarts and closes them and turns screen edits
+//! (prompt, seed, reference image) into worker requests; `display` makes and attaches the image and
+//! measures visibility; `reference` reads image-to-video references back from the GPU. The worker
 //! only plans and generates; playout shows the frames.
 
 pub(crate) mod display;
@@ -39,7 +39,7 @@ use crate::worker::{ToWorker, WorkerOutbox};
 /// # Optional components
 /// - `MeshMaterial3d<StandardMaterial>` or `ImageNode`: where the video is shown.
 /// - `ViewVisibility` / `InheritedVisibility`: off-screen screens pause, keeping their history,
-///   and resume where they were (see [`HeliosSettings::visibility`]).
+///   and resume where they were (see [`HeliosSettings::visibility`](crate::settings::HeliosSettings::visibility)).
 ///
 /// # Change detection
 /// Edit this component; the plugin only writes [`HeliosStream`] and [`HeliosStreamStats`], so your
@@ -56,7 +56,7 @@ pub struct HeliosScreen {
     pub priority: StreamPriority,
     /// Stop generating and hold the current frame (history is kept).
     pub paused: bool,
-    /// Chunks a prompt change blends over (None: [`HeliosSettings::crossfade_chunks`]).
+    /// Chunks a prompt change blends over (None: [`HeliosSettings::crossfade_chunks`](crate::settings::HeliosSettings::crossfade_chunks)).
     pub crossfade_chunks: Option<u32>,
     /// Image-to-video: condition the stream on this image (sent when the handle changes). A camera's
     /// render target works too: its pixels are read back from the GPU.

@@ -1,9 +1,9 @@
 //! The app side of the `helios-worker` thread: [`WorkerHandle`] (the channels and the thread),
 //! [`WorkerOutbox`] (messages waiting for room in the channel), and the systems that start the
-//! worker, take its replies ([`receive`]) and plan and send its work ([`dispatch`]). The worker knows
+//! worker, take its replies (`receive`) and plan and send its work (`dispatch`). The worker knows
 //! streams only by id: the screens turn their edits into requests ([`WorkerOutbox`]) and their queues
-//! into [`StreamSnapshot`]s ([`StreamDemand`]), and take the chunks that arrive ([`Arrivals`]).
-//! Systems only `try_send` and `try_iter`; see [`thread`] for the side that blocks.
+//! into [`StreamSnapshot`]s (`StreamDemand`), and take the chunks that arrive (`Arrivals`).
+//! Systems only `try_send` and `try_iter`; see the `thread` module for the side that blocks.
 
 pub mod protocol;
 pub mod scheduler;

@@ -1,5 +1,5 @@
 //! ort sessions for a model directory: provider chain, signature checks against the manifest, and
-//! the [`Denoiser`]/[`Decoder`]/[`Encoder`] implementations the sampler drives.
+//! the [`Denoiser`]/[`Decoder`] implementations and the VAE encoder the sampler drives.
 
 use std::collections::BTreeMap;
 use std::io::Read;

@@ -4,7 +4,7 @@
 //! Graphs written by `tools/export/fused_graph.py` use these operators between their matrix products; other
 //! graphs never mention the domain, so registering it costs them nothing. Each operator exists for f32 and
 //! bf16 tensors and for the session's provider only: on CUDA and TensorRT the kernels of `helios_ops.cu`
-//! ([`cuda`]) run on ONNX Runtime's stream, on the CPU provider the loops of [`cpu`].
+//! (`cuda`) run on ONNX Runtime's stream, on the CPU provider the loops of `cpu`.
 
 mod cpu;
 mod cuda;
