@@ -17,6 +17,7 @@ use crate::worker::{self, Arrivals, GeneratorLoad, StreamDemand, WorkerOutbox};
 
 /// The plugin's system sets, in frame order: Receive → Conditioning → Dispatch → Playout.
 #[derive(SystemSet, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum HeliosSystems {
     /// `PreUpdate`: worker replies become status, messages and queued frames. Read
     /// [`HeliosStatus`] and [`StreamFailed`] after it.

@@ -14,6 +14,7 @@ use crate::core::runtime::{Provider, RuntimeConfig};
 
 /// Which components decide whether a screen is on screen (off-screen screens pause).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum VisibilitySource {
     /// Read `ViewVisibility` (meshes) and `InheritedVisibility` (UI nodes) when Bevy's visibility
     /// systems run (`VisibilityPlugin`, part of `DefaultPlugins`); otherwise every screen is on screen.

@@ -13,6 +13,7 @@ use crate::error::HeliosError;
 
 /// The state of the model behind every screen.
 #[derive(Resource, Clone, Debug, Default)]
+#[non_exhaustive]
 pub enum HeliosStatus {
     /// The worker is loading the model (`stage` names the step; `progress` in 0..=1).
     Loading {

@@ -95,6 +95,7 @@ pub struct CutsceneShotStarted {
 
 /// How a cutscene ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CutsceneOutcome {
     /// Every shot played.
     Completed,

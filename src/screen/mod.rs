@@ -103,6 +103,7 @@ impl HeliosScreen {
 
 /// What a screen's image shows right now.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Showing {
     /// The waiting pattern (model loading, first chunk not here yet).
     #[default]
@@ -227,6 +228,7 @@ impl HeliosStream {
 
 /// Where a screen's stream is.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StreamState {
     /// Waiting for the model or the first chunk.
     #[default]

@@ -138,6 +138,7 @@ impl GraphOptions {
 
 /// One execution provider of the chain.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Provider {
     /// NVIDIA TensorRT (needs libnvinfer 10), with CUDA for the nodes TensorRT does not take.
     TensorRt(TensorRtOptions),

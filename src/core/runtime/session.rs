@@ -28,6 +28,7 @@ use crate::error::HeliosError;
 
 /// Whether chunks run in the device-resident loop ([`DeviceLoop`]) or in the host sampler.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum DeviceLoopMode {
     /// The device loop when the active provider is CUDA or TensorRT and the model has its graphs (see
     /// [`super::device_loop::required_graphs`]); if it cannot be set up, a warning and the host loop.
