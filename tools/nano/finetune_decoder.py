@@ -190,19 +190,42 @@ def to_u8(video) -> np.ndarray:
     return v.permute(0, 2, 3, 4, 1).cpu().numpy()
 
 
-def recon_loss(rec, x, grad_weight: float):
-    """train.py vae_loss's reconstruction terms: L1 + MSE + grad_weight * image-gradient L1 (x and y)."""
+def frame_weights(first: float, ramp: int, n: int = CF) -> np.ndarray:
+    """Loss weight per frame index: `first` on frame 0, falling linearly to 1 over the next `ramp` frames.
+
+    The causal decoder starts every chunk from zero temporal context, so frame 0 is the softest frame of each
+    chunk (and a plain mean loss weighs it 1/33); weighting it is how the second fine-tune sharpens it."""
+    w = np.ones(n, np.float32)
+    for i in range(min(ramp + 1, n)):
+        w[i] = first + (1.0 - first) * i / (ramp + 1) if ramp > 0 else (first if i == 0 else 1.0)
+    return w
+
+
+def recon_loss(rec, x, grad_weight: float, weights=None, lap_weight: float = 0.0):
+    """train.py vae_loss's reconstruction terms: L1 + MSE + grad_weight * image-gradient L1 (x and y), plus
+    lap_weight * L1 of the 4-neighbour Laplacian (what the sharpness table measures). Each term is a weighted mean
+    over frame indices (`weights` [T], default uniform)."""
     r, t = rec.float(), x.float()
     d = r - t
-    l1 = d.abs().mean()
-    mse = d.pow(2).mean()
-    loss = l1 + mse
+    if weights is None:
+        weights = d.new_ones(d.shape[2])
+    w = weights / weights.sum()
+
+    def per_frame(v):  # [B, C, T, h, w] -> [T]
+        return v.mean(dim=(0, 1, 3, 4))
+
+    l1_pf = per_frame(d.abs())
+    loss = (w * (l1_pf + per_frame(d.pow(2)))).sum()
     if grad_weight > 0:
-        gx = ((r[..., 1:] - r[..., :-1]) - (t[..., 1:] - t[..., :-1])).abs().mean()
-        gy = ((r[..., 1:, :] - r[..., :-1, :]) - (t[..., 1:, :] - t[..., :-1, :])).abs().mean()
-        loss = loss + grad_weight * (gx + gy)
-    per_frame = d.detach().abs().mean(dim=(0, 1, 3, 4))  # [T]
-    return loss, l1, per_frame
+        gx = per_frame(((r[..., 1:] - r[..., :-1]) - (t[..., 1:] - t[..., :-1])).abs())
+        gy = per_frame(((r[..., 1:, :] - r[..., :-1, :]) - (t[..., 1:, :] - t[..., :-1, :])).abs())
+        loss = loss + grad_weight * (w * (gx + gy)).sum()
+    if lap_weight > 0:
+        def lap(v):
+            return (v[..., 1:-1, :-2] + v[..., 1:-1, 2:] + v[..., :-2, 1:-1] + v[..., 2:, 1:-1]
+                    - 4.0 * v[..., 1:-1, 1:-1])
+        loss = loss + lap_weight * (w * per_frame((lap(r) - lap(t)).abs())).sum()
+    return loss, l1_pf.detach().mean(), l1_pf.detach()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -782,6 +805,8 @@ def cmd_train(args, origin: float | None = None) -> int:
     losses, step = [], 0
     acc = torch.zeros(2, device=device)
     acc_pf = torch.zeros(CF, device=device)
+    fw = torch.tensor(frame_weights(args.frame0_weight, args.frame0_ramp), device=device)
+    log(f"loss weight per frame index: {[round(float(v), 2) for v in fw[:6]]} ... 1.0; laplacian L1 x{args.lap_weight}")
     acc_n = 0
     vae.train()
     while time.time() < deadline or step < args.min_steps:
@@ -808,7 +833,7 @@ def cmd_train(args, origin: float | None = None) -> int:
         try:
             with autocast():
                 rec = dec(lat)
-            loss, l1, pf = recon_loss(rec, x, args.grad_weight)
+            loss, l1, pf = recon_loss(rec, x, args.grad_weight, fw, args.lap_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
         except torch.cuda.OutOfMemoryError:
@@ -949,6 +974,10 @@ def parse_args(argv):
         sp.add_argument("--warmup", type=int, default=50)
         sp.add_argument("--weight-decay", type=float, default=0.0)
         sp.add_argument("--grad-weight", type=float, default=1.0, help="image-gradient L1 weight (train.py: 1.0)")
+        sp.add_argument("--frame0-weight", type=float, default=1.0,
+                        help="loss weight of each chunk's frame 0 (1: uniform; the causal start is the softest frame)")
+        sp.add_argument("--frame0-ramp", type=int, default=0, help="frames over which the weight falls back to 1")
+        sp.add_argument("--lap-weight", type=float, default=0.0, help="weight of the Laplacian L1 term")
         sp.add_argument("--latent-noise", type=float, default=0.0,
                         help="max std of Gaussian noise added to the normalised latents (0: exact posterior means)")
         sp.add_argument("--workers", type=int, default=max(1, min(13, (os.cpu_count() or 2) - 3)))
