@@ -14,26 +14,8 @@
 //! cargo run --example demo -- --frames 120 --screenshot-at 40:out/a.png --screenshot out/b.png
 //! ```
 //!
-//! Flags:
-//! - `--frames N`: scripted run; exits by itself N frames after every screen on screen shows video
-//!   (paused, hidden and failed screens are not waited for).
-//! - `--screenshot PATH`: save the window at the last scripted frame (PNG), plus `PATH.regions.txt`
-//!   with each screen's pixel rectangle (`name x0 y0 x1 y1`) and `PATH.stats.txt` with each screen's
-//!   state and rates (`name state frames_shown generated_fps playout_fps longest_freeze_ms`).
-//! - `--screenshot-at F:PATH`: also save one at scripted frame F (repeatable).
-//! - `--autopilot`: the player walks towards the mood screen by itself.
-//! - `--intro-at F:CHOICE`: at scripted frame F, choose `hero` or `villain` and play the intro; the last
-//!   screenshot then waits until the intro has ended and every screen has shown new frames again.
-//! - `--screenshot-cutscene PATH`: save one while the intro plays (a few frames into its first shot).
-//! - `--pattern`: the pattern backend instead of ONNX Runtime.
-//! - `--inspector`: open the inspector at start (built with `--features inspector`; F2 toggles it).
-//! - `--model DIR`: another exported model directory.
-//! - `--size WxH`: window size (default 1280x720).
-//! - `--timeout SECS`: scripted runs fail (exit 2) if a screen shows no video this long after the model
-//!   is ready, or after the intro ended (default 120).
-//! - `--report-every SECS`: print one line to stdout every SECS seconds of real time (any run), e.g.
-//!   `demo report: t=60.0 frames=3412 window=1380 mood=1402 monitor=1366`: seconds since start, frames
-//!   the app rendered, then each screen's frames shown (`tools/soak/soak.py` reads it).
+//! `--help` lists every flag (the `Args` struct below); `tests/render_demo.rs` and `tools/soak/soak.py` run
+//! it scripted.
 
 use std::f32::consts::{FRAC_PI_2, PI};
 use std::path::PathBuf;
@@ -47,6 +29,7 @@ use bevy::window::PrimaryWindow;
 use bevy_helios::backend::HeliosBackend;
 use bevy_helios::prelude::*;
 use bevy_helios::screen::StreamState;
+use clap::Parser;
 
 /// Room half-size in metres.
 const ROOM: f32 = 6.0;
@@ -65,103 +48,108 @@ const ZONE: Vec3 = Vec3::new(4.0, 0.0, 2.5);
 /// Zone radius.
 const ZONE_RADIUS: f32 = 1.0;
 
-#[derive(Resource, Clone, Debug, Default)]
+/// A room with generated-video screens (bevy_helios demo).
+#[derive(Parser, Resource, Clone, Debug)]
+#[command(args_override_self = true)]
 struct Args {
+    /// Scripted run: exits by itself N frames after every screen on screen shows video (paused, hidden
+    /// and failed screens are not waited for).
+    #[arg(long, value_name = "N")]
     frames: Option<u32>,
+    /// Save the window at the last scripted frame (PNG), plus `PATH.regions.txt` with each screen's pixel
+    /// rectangle (`name x0 y0 x1 y1`) and `PATH.stats.txt` with each screen's state and rates (`name state
+    /// frames_shown generated_fps playout_fps longest_freeze_ms`).
+    #[arg(long, value_name = "PATH")]
     screenshot: Option<PathBuf>,
+    /// Also save one at scripted frame F (repeatable).
+    #[arg(long, value_name = "F:PATH", value_parser = frame_and_path)]
     screenshot_at: Vec<(u32, PathBuf)>,
+    /// The player walks towards the mood screen by itself.
+    #[arg(long)]
     autopilot: bool,
+    /// Open the inspector at start (built with `--features inspector`; F2 toggles it).
+    #[arg(long)]
+    inspector: bool,
+    /// At scripted frame F, choose `hero` or `villain` and play the intro; the last screenshot then waits
+    /// until the intro has ended and every screen has shown new frames again.
+    #[arg(long, value_name = "F:CHOICE", value_parser = frame_and_choice)]
     intro_at: Option<(u32, String)>,
+    /// Save a screenshot while the intro plays (a few frames into its first shot).
+    #[arg(long, value_name = "PATH")]
     screenshot_cutscene: Option<PathBuf>,
+    /// The pattern backend instead of ONNX Runtime.
+    #[arg(long)]
     pattern: bool,
+    /// Another exported model directory.
+    #[arg(long, value_name = "DIR")]
     model: Option<PathBuf>,
+    /// Window size.
+    #[arg(long, value_name = "WxH", default_value = "1280x720", value_parser = window_size)]
     size: (u32, u32),
+    /// Scripted runs fail (exit 2) if a screen shows no video this long after the model is ready, or
+    /// after the intro ended.
+    #[arg(long, value_name = "SECS", default_value_t = 120.0)]
     timeout: f32,
+    /// Print one line to stdout every SECS seconds of real time (any run), e.g. `demo report: t=60.0
+    /// frames=3412 window=1380 mood=1402 monitor=1366`: seconds since start, frames the app rendered, then
+    /// each screen's frames shown (`tools/soak/soak.py` reads it).
+    #[arg(long, value_name = "SECS", value_parser = positive_seconds)]
     report_every: Option<f32>,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        size: (1280, 720),
-        timeout: 120.0,
-        ..default()
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = || it.next().ok_or_else(|| format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--frames" => {
-                args.frames = Some(value()?.parse().map_err(|e| format!("--frames: {e}"))?)
+fn frame_and_path(v: &str) -> Result<(u32, PathBuf), String> {
+    let (f, p) = v.split_once(':').ok_or("takes FRAME:PATH")?;
+    Ok((f.parse().map_err(|e| format!("{e}"))?, p.into()))
+}
+
+fn frame_and_choice(v: &str) -> Result<(u32, String), String> {
+    let (f, c) = v.split_once(':').ok_or("takes FRAME:CHOICE")?;
+    Ok((f.parse().map_err(|e| format!("{e}"))?, c.to_string()))
+}
+
+fn window_size(v: &str) -> Result<(u32, u32), String> {
+    let (w, h) = v.split_once('x').ok_or("takes WxH")?;
+    let num = |s: &str| s.parse::<u32>().map_err(|e| format!("{e}"));
+    Ok((num(w)?, num(h)?))
+}
+
+fn positive_seconds(v: &str) -> Result<f32, String> {
+    let secs: f32 = v.parse().map_err(|e| format!("{e}"))?;
+    if !secs.is_finite() || secs <= 0.0 {
+        return Err("takes a positive number of seconds".into());
+    }
+    Ok(secs)
+}
+
+impl Args {
+    /// Parses the command line (bad flags exit 1: 2 means a scripted run timed out). A screenshot
+    /// without `--frames` makes the run scripted, up to the last `--screenshot-at` frame.
+    fn parse_and_complete() -> Self {
+        let mut args = Self::try_parse().unwrap_or_else(|e| {
+            if !e.use_stderr() {
+                e.exit();
             }
-            "--screenshot" => args.screenshot = Some(value()?.into()),
-            "--screenshot-at" => {
-                let v = value()?;
-                let (f, p) = v
-                    .split_once(':')
-                    .ok_or("--screenshot-at takes FRAME:PATH")?;
-                args.screenshot_at.push((
-                    f.parse().map_err(|e| format!("--screenshot-at: {e}"))?,
-                    p.into(),
-                ));
-            }
-            "--autopilot" => args.autopilot = true,
-            "--inspector" => {}
-            "--intro-at" => {
-                let v = value()?;
-                let (f, c) = v.split_once(':').ok_or("--intro-at takes FRAME:CHOICE")?;
-                args.intro_at = Some((
-                    f.parse().map_err(|e| format!("--intro-at: {e}"))?,
-                    c.to_string(),
-                ));
-            }
-            "--screenshot-cutscene" => args.screenshot_cutscene = Some(value()?.into()),
-            "--pattern" => args.pattern = true,
-            "--model" => args.model = Some(value()?.into()),
-            "--size" => {
-                let v = value()?;
-                let (w, h) = v.split_once('x').ok_or("--size takes WxH")?;
-                args.size = (
-                    w.parse().map_err(|e| format!("--size: {e}"))?,
-                    h.parse().map_err(|e| format!("--size: {e}"))?,
-                );
-            }
-            "--timeout" => {
-                args.timeout = value()?.parse().map_err(|e| format!("--timeout: {e}"))?
-            }
-            "--report-every" => {
-                let secs: f32 = value()?
-                    .parse()
-                    .map_err(|e| format!("--report-every: {e}"))?;
-                if !secs.is_finite() || secs <= 0.0 {
-                    return Err("--report-every takes a positive number of seconds".into());
-                }
-                args.report_every = Some(secs);
-            }
-            "--help" | "-h" => return Err("see the flags at the top of examples/demo.rs".into()),
-            other => return Err(format!("unknown flag {other}")),
+            let _ = e.print();
+            std::process::exit(1);
+        });
+        if (args.screenshot.is_some() || !args.screenshot_at.is_empty()) && args.frames.is_none() {
+            args.frames = Some(
+                args.screenshot_at
+                    .iter()
+                    .map(|(f, _)| *f)
+                    .max()
+                    .unwrap_or(0)
+                    .max(1),
+            );
         }
+        args
     }
-    if (args.screenshot.is_some() || !args.screenshot_at.is_empty()) && args.frames.is_none() {
-        args.frames = Some(
-            args.screenshot_at
-                .iter()
-                .map(|(f, _)| *f)
-                .max()
-                .unwrap_or(0)
-                .max(1),
-        );
-    }
-    Ok(args)
 }
 
 fn main() -> AppExit {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("demo: {e}");
-            return AppExit::error();
-        }
-    };
+    let args = Args::parse_and_complete();
+    #[cfg(feature = "inspector")]
+    let inspector = args.inspector;
     let mut settings = HeliosSettings::default();
     if args.pattern {
         settings.backend = HeliosBackend::pattern();
@@ -215,9 +203,7 @@ fn main() -> AppExit {
     .add_helios_conditioning::<With<MoodScreen>, _>(mood_prompt)
     .add_observer(cutscene_finished);
     #[cfg(feature = "inspector")]
-    app.add_plugins(bevy_helios::inspector::HeliosInspectorPlugin {
-        open: std::env::args().any(|a| a == "--inspector"),
-    });
+    app.add_plugins(bevy_helios::inspector::HeliosInspectorPlugin { open: inspector });
     app.run()
 }
 

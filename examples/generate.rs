@@ -7,24 +7,7 @@
 //! cargo run --release --example generate -- --prompt "day=0.5,storm=0.5" --switch-to night --switch-at 2
 //! ```
 //!
-//! Flags (all optional):
-//! - `--model DIR`        exported model directory (default `models/helios-nano`)
-//! - `--prompt SPEC`      prompt name from the model's bank, free text (models with a text encoder, e.g.
-//!   `"a city at night in the rain"`; commas allowed), or weights `name=w,name=w` (default `day`)
-//! - `--switch-to SPEC`   prompt to change to mid-stream ...
-//! - `--switch-at N`      ... from chunk N on (default 1)
-//! - `--crossfade N`      chunks a prompt change blends over (default 1: immediate)
-//! - `--seed N`           seed of every random draw (default 42)
-//! - `--chunks N`         chunks to generate, 33 frames each (default 3)
-//! - `--width W --height H` must equal the model's exported resolution (graphs are static-shape;
-//!   re-export with `tools/export/export.py --width --height` for another size)
-//! - `--image PATH`       image-to-video: condition on this image (PNG/JPEG/GIF)
-//! - `--provider LIST`    comma-separated chain of `trt`, `cuda`, `cpu` (default `trt,cuda,cpu`)
-//! - `--fast-start`       don't amplify the first chunk (about half the time to the first frame)
-//! - `--fps N`            GIF playback rate (default 24)
-//! - `--out DIR`          output folder (default `out/generate`)
-//! - `--no-png` / `--no-gif` skip one output
-//! - `--list-prompts`     print the bank's prompt names and exit
+//! `--help` lists every flag (the `Args` struct below).
 #![expect(clippy::print_stdout, reason = "a command-line tool reports on stdout")]
 
 use std::path::PathBuf;
@@ -33,95 +16,71 @@ use std::time::Instant;
 use bevy_helios::core::runtime::Provider;
 use bevy_helios::core::sampler::SamplerOptions;
 use bevy_helios::prelude::*;
+use clap::Parser;
 use image::codecs::gif::{GifEncoder, Repeat};
 use image::{Delay, Frame, RgbaImage};
 
+/// Runs a Helios model on ONNX Runtime and writes PNG frames and an animated GIF.
+#[derive(Parser, Debug)]
+#[command(args_override_self = true)]
 struct Args {
+    /// Exported model directory.
+    #[arg(long, value_name = "DIR", default_value_os_t = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/helios-nano"))]
     model: PathBuf,
+    /// Prompt name from the model's bank, free text (models with a text encoder, e.g. `"a city at night in
+    /// the rain"`; commas allowed), or weights `name=w,name=w`.
+    #[arg(long, value_name = "SPEC", default_value = "day")]
     prompt: String,
+    /// Prompt to change to mid-stream ...
+    #[arg(long, value_name = "SPEC")]
     switch_to: Option<String>,
+    /// ... from chunk N on.
+    #[arg(long, value_name = "N", default_value_t = 1)]
     switch_at: u64,
+    /// Chunks a prompt change blends over (1: immediate).
+    #[arg(long, value_name = "N", default_value_t = 1)]
     crossfade: u32,
+    /// Seed of every random draw.
+    #[arg(long, value_name = "N", default_value_t = 42)]
     seed: u64,
+    /// Chunks to generate, 33 frames each.
+    #[arg(long, value_name = "N", default_value_t = 3)]
     chunks: u64,
-    size: Option<(usize, usize)>,
+    /// Must equal the model's exported width (graphs are static-shape; re-export with
+    /// `tools/export/export.py --width --height` for another size).
+    #[arg(long, value_name = "W", requires = "height")]
+    width: Option<usize>,
+    /// Must equal the model's exported height.
+    #[arg(long, value_name = "H", requires = "width")]
+    height: Option<usize>,
+    /// Image-to-video: condition on this image (PNG/JPEG/GIF).
+    #[arg(long, value_name = "PATH")]
     image: Option<PathBuf>,
+    /// Comma-separated chain of `trt`, `cuda`, `cpu`.
+    #[arg(long = "provider", value_name = "LIST", default_value = "trt,cuda,cpu", value_delimiter = ',', value_parser = provider)]
     providers: Vec<Provider>,
+    /// Don't amplify the first chunk (about half the time to the first frame).
+    #[arg(long)]
     fast_start: bool,
+    /// GIF playback rate (at least 1).
+    #[arg(long, value_name = "N", default_value_t = 24)]
     fps: u32,
+    /// Output folder.
+    #[arg(long, value_name = "DIR", default_value = "out/generate")]
     out: PathBuf,
-    png: bool,
-    gif: bool,
+    /// Skip the PNG frames.
+    #[arg(long)]
+    no_png: bool,
+    /// Skip the GIF.
+    #[arg(long)]
+    no_gif: bool,
+    /// Print the bank's prompt names and exit.
+    #[arg(long)]
     list_prompts: bool,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut a = Args {
-        model: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/helios-nano"),
-        prompt: "day".into(),
-        switch_to: None,
-        switch_at: 1,
-        crossfade: 1,
-        seed: 42,
-        chunks: 3,
-        size: None,
-        image: None,
-        providers: Provider::default_chain(),
-        fast_start: false,
-        fps: 24,
-        out: PathBuf::from("out/generate"),
-        png: true,
-        gif: true,
-        list_prompts: false,
-    };
-    let mut width = None;
-    let mut height = None;
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
-        let num = |v: String| {
-            v.parse::<u64>()
-                .map_err(|_| format!("{flag}: `{v}` is not a number"))
-        };
-        match flag.as_str() {
-            "--model" => a.model = value()?.into(),
-            "--prompt" => a.prompt = value()?,
-            "--switch-to" => a.switch_to = Some(value()?),
-            "--switch-at" => a.switch_at = num(value()?)?,
-            "--crossfade" => a.crossfade = num(value()?)? as u32,
-            "--seed" => a.seed = num(value()?)?,
-            "--chunks" => a.chunks = num(value()?)?,
-            "--width" => width = Some(num(value()?)? as usize),
-            "--height" => height = Some(num(value()?)? as usize),
-            "--image" => a.image = Some(value()?.into()),
-            "--provider" => {
-                a.providers = value()?
-                    .split(',')
-                    .map(|p| {
-                        Provider::parse(p)
-                            .ok_or_else(|| format!("unknown provider `{p}` (trt, cuda, cpu)"))
-                    })
-                    .collect::<Result<_, _>>()?
-            }
-            "--fast-start" => a.fast_start = true,
-            "--fps" => a.fps = num(value()?)?.max(1) as u32,
-            "--out" => a.out = value()?.into(),
-            "--no-png" => a.png = false,
-            "--no-gif" => a.gif = false,
-            "--list-prompts" => a.list_prompts = true,
-            "--help" | "-h" => {
-                println!("see the doc comment at the top of examples/generate.rs for every flag");
-                std::process::exit(0);
-            }
-            other => return Err(format!("unknown flag `{other}` (try --help)")),
-        }
-    }
-    if let (Some(w), Some(h)) = (width, height) {
-        a.size = Some((w, h));
-    } else if width.is_some() || height.is_some() {
-        return Err("give both --width and --height".into());
-    }
-    Ok(a)
+fn provider(name: &str) -> Result<Provider, String> {
+    Provider::parse(name).ok_or_else(|| format!("unknown provider `{name}` (trt, cuda, cpu)"))
 }
 
 /// Weights if the spec looks like `name=w,...`, else one bank name or free text (which may hold commas).
@@ -141,7 +100,7 @@ fn main() {
 }
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let args = parse_args()?;
+    let args = Args::parse();
     let config = RuntimeConfig {
         providers: args.providers.clone(),
         ..RuntimeConfig::default()
@@ -164,7 +123,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
         return Ok(());
     }
-    if let Some((w, h)) = args.size
+    if let (Some(w), Some(h)) = (args.width, args.height)
         && (w, h) != (m.width, m.height)
     {
         return Err(format!(
@@ -229,23 +188,23 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         for (i, frame) in chunk.frames.into_iter().enumerate() {
             let img = RgbaImage::from_raw(chunk.width, chunk.height, frame)
                 .ok_or("frame size mismatch")?;
-            if args.png {
+            if !args.no_png {
                 img.save(args.out.join(format!(
                     "frame_{:05}.png",
                     k as usize * m.frames_per_chunk() + i
                 )))?;
             }
-            if args.gif {
+            if !args.no_gif {
                 gif_frames.push(Frame::from_parts(
                     img,
                     0,
                     0,
-                    Delay::from_numer_denom_ms(1000, args.fps),
+                    Delay::from_numer_denom_ms(1000, args.fps.max(1)),
                 ));
             }
         }
     }
-    if args.gif {
+    if !args.no_gif {
         let path = args.out.join("video.gif");
         let mut enc = GifEncoder::new(std::fs::File::create(&path)?);
         enc.set_repeat(Repeat::Infinite)?;

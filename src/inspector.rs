@@ -14,7 +14,7 @@ use bevy_egui::{EguiContexts, EguiPlugin, EguiPrimaryContextPass, egui};
 
 use crate::core::embedding::PromptWeights;
 use crate::diagnostics::{MAIN_THREAD_MS, SEND_RETRIES};
-use crate::export::{RecordFormat, StreamRecorder};
+use crate::recorder::{RecordFormat, ScreenRecorder};
 use crate::screen::{HeliosScreen, HeliosStream, HeliosStreamStats};
 use crate::status::{HeliosModelInfo, HeliosStatus};
 
@@ -110,7 +110,7 @@ fn draw(
         &mut HeliosScreen,
         &HeliosStream,
         &HeliosStreamStats,
-        Option<&mut StreamRecorder>,
+        Option<&mut ScreenRecorder>,
     )>,
     mut commands: Commands,
     settings: Res<crate::settings::HeliosSettings>,
@@ -257,26 +257,32 @@ fn draw(
                         if prompt != screen.prompt && prompt.0.values().any(|w| *w > 0.0) {
                             screen.prompt = prompt;
                         }
+                        // Stop lets the writer finish in the background (removing the recorder would
+                        // wait for it); a finished recorder is replaced by the next recording.
                         ui.horizontal(|ui| match recorder {
-                            Some(mut rec) => {
+                            Some(mut rec) if !rec.is_stopped() || !rec.is_finished() => {
+                                let state = if rec.is_stopped() {
+                                    "finishing"
+                                } else {
+                                    "recording"
+                                };
                                 ui.label(format!(
-                                    "recording: {} frames ({} dropped)",
+                                    "{state}: {} frames ({} dropped)",
                                     rec.frames(),
                                     rec.dropped()
                                 ));
-                                if ui.button("stop").clicked() {
+                                if !rec.is_stopped() && ui.button("stop").clicked() {
                                     rec.stop();
-                                    commands.entity(entity).remove::<StreamRecorder>();
                                 }
                             }
-                            None => {
+                            _ => {
                                 let id = stream.stream_id().map_or(0, |s| s.0);
                                 if ui.button("record PNG").clicked() {
                                     inspector.recordings += 1;
                                     let dir = inspector
                                         .record_dir
                                         .join(format!("stream{id}_{}", inspector.recordings));
-                                    commands.entity(entity).insert(StreamRecorder::start(
+                                    commands.entity(entity).insert(ScreenRecorder::start(
                                         RecordFormat::PngFrames(dir),
                                     ));
                                 }
@@ -286,7 +292,7 @@ fn draw(
                                         .record_dir
                                         .join(format!("stream{id}_{}.gif", inspector.recordings));
                                     let fps = settings.playout_fps;
-                                    commands.entity(entity).insert(StreamRecorder::start(
+                                    commands.entity(entity).insert(ScreenRecorder::start(
                                         RecordFormat::Gif { path, fps },
                                     ));
                                 }

@@ -40,14 +40,21 @@ pub mod conditioning;
 pub mod cutscene;
 #[cfg(feature = "plugin")]
 pub mod diagnostics;
+/// The old name of [`recorder`].
 #[cfg(feature = "plugin")]
-pub mod export;
+#[deprecated(since = "0.2.0", note = "renamed to `recorder`")]
+pub mod export {
+    #[expect(deprecated, reason = "re-exports the old name for one release")]
+    pub use crate::recorder::{RecordFormat, ScreenRecorder, StreamRecorder};
+}
 #[cfg(feature = "inspector")]
 pub mod inspector;
 #[cfg(feature = "plugin")]
 pub mod playout;
 #[cfg(feature = "plugin")]
 pub mod plugin;
+#[cfg(feature = "plugin")]
+pub mod recorder;
 #[cfg(feature = "plugin")]
 pub mod screen;
 #[cfg(feature = "plugin")]
@@ -69,6 +76,10 @@ pub mod prelude {
 
     #[cfg(feature = "inspector")]
     pub use crate::inspector::HeliosInspectorPlugin;
+    /// The old name of [`ScreenRecorder`](crate::recorder::ScreenRecorder).
+    #[cfg(feature = "plugin")]
+    #[expect(deprecated, reason = "keeps the old name for one release")]
+    pub use crate::recorder::StreamRecorder;
     #[cfg(feature = "plugin")]
     pub use crate::{
         backend::{HeliosBackend, ModelInfo},
@@ -77,8 +88,8 @@ pub mod prelude {
             Cutscene, CutsceneFailed, CutsceneFinished, CutsceneOutcome, CutsceneShotStarted,
             PlayCutscene, SkipCutscene,
         },
-        export::StreamRecorder,
         plugin::{HeliosPlugin, HeliosSystems},
+        recorder::ScreenRecorder,
         screen::{HeliosScreen, HeliosStream, HeliosStreamStats, StreamPriority},
         settings::HeliosSettings,
         status::{HeliosLoadFailed, HeliosModelInfo, HeliosStatus, StreamFailed, helios_ready},

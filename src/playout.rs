@@ -12,7 +12,7 @@ use crate::diagnostics::{
     DROPPED_FRAMES, FIRST_FRAME_MS, FREEZE_MS, HELD_FRAMES, MAIN_THREAD_MS, MainThreadCost,
     QUEUE_DEPTH, STREAM_FPS,
 };
-use crate::export::StreamRecorder;
+use crate::recorder::ScreenRecorder;
 use crate::screen::display::{attach, new_image};
 use crate::screen::{
     HeliosScreen, HeliosStream, HeliosStreamStats, Showing, StreamState, fallback_pixels,
@@ -58,7 +58,7 @@ pub(crate) fn playout(
         &mut HeliosStreamStats,
         Option<&mut MeshMaterial3d<StandardMaterial>>,
         Option<&mut ImageNode>,
-        Option<&mut StreamRecorder>,
+        Option<&mut ScreenRecorder>,
     )>,
     mut images: ResMut<Assets<Image>>,
     mut materials: Option<ResMut<Assets<StandardMaterial>>>,

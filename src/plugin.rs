@@ -10,6 +10,7 @@ use crate::cutscene::{
 };
 use crate::diagnostics::{self, MainThreadCost};
 use crate::playout;
+use crate::recorder;
 use crate::screen::{self, HeliosStreams, VisibilityTracking};
 use crate::settings::{self, HeliosSettings};
 use crate::status::{HeliosLoadFailed, HeliosStatus, StreamFailed, WorkerCrashed};
@@ -132,6 +133,7 @@ impl Plugin for HeliosPlugin {
                     .chain()
                     .in_set(HeliosSystems::Playout),
             )
+            .add_systems(Last, recorder::finish_on_exit)
             .add_observer(screen::open_stream)
             .add_observer(screen::close_stream);
         diagnostics::register(app);

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Python twin of `gpu_bench` (examples/gpu_bench.rs) on onnxruntime's Python API: the device-loop graph chain
+"""Python twin of `helios-tools gpu-bench` (src/bin/helios-tools/gpu_bench.rs) on onnxruntime's Python API: the device-loop graph chain
 of docs/graph-contract.md run chunk by chunk, with the same command line and JSON. It exists to check an
 exported model directory plus a reference recording end to end without the Rust build (the CPU dry run of
 tools/bench/side_by_side.sh uses it when no gpu_bench binary is there), and to pin down what gpu_bench reads

@@ -19,8 +19,8 @@
 # Dry run here (tiny config, CPU, no GPU):
 #   OUT=/tmp/sbs/out bash tools/bench/side_by_side.sh --tiny
 # Options (or environment): --layers N (LAYERS, default 4; tiny 2), --chunks N (CHUNKS, 3), --tiny, --provider P
-# (PROVIDER, cuda; cpu with --tiny), --bench PATH (GPU_BENCH, default .device/gpu_bench, else .devbin/gpu_bench,
-# else target/release/examples/gpu_bench; with --tiny and none of them: tools/bench/ort_loop.py, the Python
+# (PROVIDER, cuda; cpu with --tiny), --bench PATH (GPU_BENCH: the helios-tools binary, run as
+# `PATH gpu-bench`; default .device/helios-tools, else .devbin/helios-tools, else target/release/helios-tools; with --tiny and none of them: tools/bench/ort_loop.py, the Python
 # twin), --work DIR (WORK, /tmp/sbs), --budget S (BUDGET_S, 570 s for everything; tiny 1500), --jobs N (JOBS,
 # export processes, 8; tiny 2), SIGMA_DTYPE (f64 if src/core/manifest.rs knows F64, else f32),
 # --fused (FUSED=1): export with --fused-kernels (fused denoisers + fused VAE decoder; gpu_bench required, the
@@ -130,7 +130,7 @@ if ! "$PY" -c "import diffusers" >/dev/null 2>&1; then
 	export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 if [ -z "$GPU_BENCH" ]; then
-	for b in .device/gpu_bench .devbin/gpu_bench target/release/examples/gpu_bench target/core/release/examples/gpu_bench; do
+	for b in .device/helios-tools .devbin/helios-tools target/release/helios-tools target/core/release/helios-tools; do
 		[ -x "$b" ] && GPU_BENCH=$b && break
 	done
 fi
@@ -228,7 +228,7 @@ stub() {
 BENCH_COMMON=(--model "$WORK/model" --provider "$PROVIDER" --loop device --inject-noise "$WORK/record.safetensors")
 BENCH=()
 if [ -n "$GPU_BENCH" ]; then
-	BENCH=("$GPU_BENCH")
+	BENCH=("$GPU_BENCH" gpu-bench)
 elif [ "$FUSED" = 1 ]; then
 	say "no gpu_bench binary: the fused export (com.helios operators) runs only in the Rust runtime"
 	NOTES+=("--fused without a gpu_bench binary: tools/bench/ort_loop.py cannot run com.helios operators")
@@ -239,7 +239,7 @@ elif [ "$TINY" = 1 ]; then
 	NOTES+=("dry run: no gpu_bench binary, the bevy_helios column is tools/bench/ort_loop.py (same graph chain in onnxruntime's Python API)")
 fi
 if [ ${#BENCH[@]} -eq 0 ]; then
-	say "STUB: no gpu_bench binary (looked for .device/gpu_bench, .devbin/gpu_bench, target/release/examples/gpu_bench, target/core/release/examples/gpu_bench)"
+	say "STUB: no gpu_bench binary (looked for .device/helios-tools, .devbin/helios-tools, target/release/helios-tools, target/core/release/helios-tools)"
 	NOTES+=("Rust side not run: no gpu_bench binary")
 	stub "no gpu_bench binary" "$OUT/rust.json"
 	FAILED+=(rust)

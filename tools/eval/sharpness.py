@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Sharpness of helios-nano's frames per frame index within a 33-frame chunk, on frames made by the Rust
-runtime (examples/batch_generate), to measure the "hazy end of every chunk" pulse.
+runtime (`helios-tools batch-generate`), to measure the "hazy end of every chunk" pulse.
 
-    cargo build --no-default-features --example batch_generate            # a debug build is enough
+    cargo build --no-default-features --features tools --bin helios-tools   # a debug build is enough
     tools/.venv/bin/python tools/eval/sharpness.py --model models/helios-nano --label before
     tools/.venv/bin/python tools/eval/sharpness.py --model /tmp/nano-ft/helios-nano --label after
 
@@ -86,7 +86,7 @@ def generate(binary: Path, model: Path, jobs: list[dict], out: Path) -> float:
     out.mkdir(parents=True, exist_ok=True)
     (out / "jobs.tsv").write_text("".join(f"{j['id']}\t{j['seed']}\t{j['chunks']}\t{j['prompt']}\n" for j in jobs))
     t0 = time.time()
-    subprocess.run([str(binary), "--model", str(model), "--jobs", str(out / "jobs.tsv"), "--out", str(out)], check=True)
+    subprocess.run([str(binary), "batch-generate", "--model", str(model), "--jobs", str(out / "jobs.tsv"), "--out", str(out)], check=True)
     return time.time() - t0
 
 
@@ -199,7 +199,7 @@ def hash_name(name: str) -> int:
 def markdown(res: dict) -> str:
     m = res["meta"]
     L = [f"# helios-nano sharpness per frame index ({m['label']})", "",
-         f"Model `{m['model']}`; frames from the Rust runtime (`examples/batch_generate`, ONNX Runtime CPU): "
+         f"Model `{m['model']}`; frames from the Rust runtime (`helios-tools batch-generate`, ONNX Runtime CPU): "
          f"{m['prompts']} bank prompts x seeds {m['seeds']} x {m['chunks']} chunks; {m['date']}, "
          f"`tools/eval/sharpness.py`. lapvar = variance of the 4-neighbour Laplacian of luma (0..255); "
          f"contrast = std of luma. Steady = chunks 1..{m['chunks'] - 1} (n = {res['runtime'].get('steady', {}).get('n_chunks', 0)}), "
@@ -244,8 +244,8 @@ def markdown(res: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(REPO / "models" / "helios-nano"))
-    ap.add_argument("--bin", default=str(REPO / "target" / "debug" / "examples" / "batch_generate"),
-                    help="batch_generate binary (debug or release)")
+    ap.add_argument("--bin", default=str(REPO / "target" / "debug" / "helios-tools"),
+                    help="helios-tools binary (debug or release; run as `BIN batch-generate`)")
     ap.add_argument("--label", default="before", help="report name: DOCS/sharpness_<label>.md/.json")
     ap.add_argument("--out", default=None, help="raw frames (default /tmp/helios-sharpness-<label>)")
     ap.add_argument("--docs", default=str(REPO / "docs" / "nano"))
@@ -268,7 +268,7 @@ def main(argv=None) -> int:
     gen_s = None
     if not args.reuse:
         if not Path(args.bin).exists():
-            raise SystemExit(f"{args.bin} missing: cargo build --no-default-features --example batch_generate")
+            raise SystemExit(f"{args.bin} missing: cargo build --no-default-features --features tools --bin helios-tools")
         gen_s = generate(Path(args.bin), model, jobs, out)
         print(f"generation: {len(jobs)} streams x {args.chunks} chunks in {gen_s:.0f}s", flush=True)
     res = {"meta": dict(label=args.label, model=str(model.relative_to(REPO)) if REPO in model.parents else str(model),

@@ -586,7 +586,7 @@ def cmd_finalize(args) -> int:
         rt.mkdir(exist_ok=True)
         (rt / "jobs.tsv").write_text("check\t1\t1\tday\n")
         t0 = time.time()
-        r = subprocess.run([args.bin, "--model", str(dest), "--jobs", str(rt / "jobs.tsv"), "--out", str(rt)],
+        r = subprocess.run([args.bin, "batch-generate", "--model", str(dest), "--jobs", str(rt / "jobs.tsv"), "--out", str(rt)],
                            capture_output=True, text=True)
         n = (rt / "check.rgb").stat().st_size if (rt / "check.rgb").exists() else 0
         if r.returncode != 0 or n != CF * H * W * 3:
@@ -595,7 +595,7 @@ def cmd_finalize(args) -> int:
         log(f"runtime check: {runtime}")
         shutil.rmtree(rt)
     else:
-        log(f"runtime check skipped: no binary at {args.bin} (cargo build --no-default-features --example batch_generate)")
+        log(f"runtime check skipped: no binary at {args.bin} (cargo build --no-default-features --features tools --bin helios-tools)")
     inst = out / "install"
     if inst.exists():
         shutil.rmtree(inst)
@@ -1001,8 +1001,9 @@ def parse_args(argv):
         sp.add_argument("--model-out", default=None, help="the rewritten model dir (default OUT/helios-nano)")
         sp.add_argument("--eval-clips", type=int, default=6, help="held-out clips for the onnxruntime stats (0: skip)")
         sp.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-        sp.add_argument("--bin", default=str(REPO / "target" / "debug" / "examples" / "batch_generate"),
-                        help="batch_generate binary for a load-and-generate check of the new dir ('' to skip)")
+        sp.add_argument("--bin", default=str(REPO / "target" / "debug" / "helios-tools"),
+                        help="helios-tools binary (run as `BIN batch-generate`) for a load-and-generate check of "
+                             "the new dir ('' to skip)")
 
     sp = sub.add_parser("prepare", help="ONNX -> vae_nano.safetensors (+ torch vs onnxruntime checks)")
     common(sp, str(REPO / ".nano-ft"))

@@ -1,8 +1,8 @@
-//! Batch generator for evaluations: loads a model once and runs many short streams from a jobs file,
+//! `helios-tools batch-generate`: loads a model once and runs many short streams from a jobs file,
 //! writing each stream's frames as raw RGB bytes. `tools/eval/eval_nano.py` drives it.
 //!
 //! ```sh
-//! cargo run --release --no-default-features --example batch_generate -- \
+//! cargo run --release --no-default-features --features tools --bin helios-tools -- batch-generate \
 //!     --model models/helios-nano --jobs jobs.tsv --out out/eval
 //! ```
 //!
@@ -11,22 +11,41 @@
 //! with a text encoder), or weights `name=w,name=w`.
 //!
 //! Output per job: `OUT/<id>.rgb` (all frames, `frames·height·width·3` bytes, row-major RGB), and one
-//! line per chunk in `OUT/timings.tsv`: `id  chunk  denoise_s  decode_s`.
-//!
-//! Flags: `--model DIR` (default `models/helios-nano`), `--jobs FILE` (required), `--out DIR`
-//! (default `out/batch`), `--provider LIST` (default `cpu`), `--fast-start` (no first-chunk
-//! amplification).
-#![expect(clippy::print_stdout, reason = "a command-line tool reports on stdout")]
+//! line per chunk in `OUT/timings.tsv`: `id  chunk  denoise_s  decode_s`. Exit status 1 on any error.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Instant;
 
 use bevy_helios::core::embedding::PromptWeights;
 use bevy_helios::core::model::HeliosModel;
-use bevy_helios::core::runtime::{Provider, RuntimeConfig};
+use bevy_helios::core::runtime::RuntimeConfig;
 use bevy_helios::core::sampler::SamplerOptions;
 use bevy_helios::core::stream::StreamConfig;
+
+use crate::{ProviderList, crate_path, parse_providers};
+
+/// Flags of `batch-generate`.
+#[derive(clap::Args, Debug)]
+#[command(args_override_self = true)]
+pub struct Args {
+    /// Exported model directory.
+    #[arg(long, value_name = "DIR", default_value_os_t = crate_path("models/helios-nano"))]
+    model: PathBuf,
+    /// The jobs file (tab-separated; see the module doc).
+    #[arg(long, value_name = "FILE")]
+    jobs: PathBuf,
+    /// Output directory: `<id>.rgb` per job and `timings.tsv`.
+    #[arg(long, value_name = "DIR", default_value = "out/batch")]
+    out: PathBuf,
+    /// Comma-separated provider chain of `trt`, `cuda`, `cpu`.
+    #[arg(long = "provider", value_name = "LIST", default_value = "cpu", value_parser = parse_providers)]
+    providers: ProviderList,
+    /// Don't amplify the first chunk.
+    #[arg(long)]
+    fast_start: bool,
+}
 
 /// One line of the jobs file.
 struct Job {
@@ -74,37 +93,25 @@ fn prompt(spec: &str) -> Result<PromptWeights, Box<dyn std::error::Error>> {
     }
 }
 
-fn main() {
-    if let Err(e) = run() {
-        eprintln!("error: {e}");
-        std::process::exit(1);
+/// Runs the jobs; errors are printed as `error: ...` with exit status 1.
+pub fn run(args: Args) -> ExitCode {
+    match generate(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 
-fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let mut model_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/helios-nano");
-    let mut jobs_file = None;
-    let mut out = PathBuf::from("out/batch");
-    let mut providers = vec![Provider::Cpu];
-    let mut fast_start = false;
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--model" => model_dir = value()?.into(),
-            "--jobs" => jobs_file = Some(PathBuf::from(value()?)),
-            "--out" => out = value()?.into(),
-            "--provider" => {
-                providers = value()?
-                    .split(',')
-                    .map(|p| Provider::parse(p).ok_or_else(|| format!("unknown provider `{p}`")))
-                    .collect::<Result<_, _>>()?
-            }
-            "--fast-start" => fast_start = true,
-            other => return Err(format!("unknown flag `{other}` (see the doc comment)").into()),
-        }
-    }
-    let jobs_file = jobs_file.ok_or("--jobs FILE is required")?;
+fn generate(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let Args {
+        model: model_dir,
+        jobs: jobs_file,
+        out,
+        providers: ProviderList(providers),
+        fast_start,
+    } = args;
     let jobs = parse_jobs(&std::fs::read_to_string(&jobs_file)?)?;
     let config = RuntimeConfig {
         providers,

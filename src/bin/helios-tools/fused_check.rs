@@ -1,4 +1,4 @@
-//! Checks a model's denoiser graphs on a GPU provider against the CPU provider, stage by stage, on the
+//! `helios-tools fused-check`: checks a model's denoiser graphs on a GPU provider against the CPU provider, stage by stage, on the
 //! same seeded inputs, and times each stage's forward on the GPU. Made for the `com.helios` fused operators
 //! (`docs/fused-ops.md`): their CUDA kernels must compute what their CPU kernels compute.
 //!
@@ -7,23 +7,14 @@
 //! than `--tolerance` (relative).
 //!
 //! ```sh
-//! cargo build --release --no-default-features --example fused_check
-//! target/release/examples/fused_check --model tests/fixtures/helios-tiny-fused --provider cuda
+//! cargo build --release --no-default-features --features tools --bin helios-tools
+//! target/release/helios-tools fused-check --model tests/fixtures/helios-tiny-fused --provider cuda
 //! ```
-//!
-//! Flags:
-//! - `--model DIR`       model directory (default `tests/fixtures/helios-tiny-fused`)
-//! - `--provider P`      the provider to check: `cuda` (default) or `cpu` (checks the CPU against itself)
-//! - `--seed N`          seed of the inputs (default 0)
-//! - `--timestep T`      ⌊t⌋ given to every stage (default 500)
-//! - `--reps N`          timed forwards per stage on the checked provider (default 10)
-//! - `--tolerance X`     largest accepted max-abs difference over max |CPU value| (default 1e-4)
 //!
 //! The CUDA kernels use 16-byte accesses where rows allow; `HELIOS_FUSED_SCALAR=1` forces the scalar
 //! variants so both are checked.
-#![expect(clippy::print_stdout, reason = "a command-line tool reports on stdout")]
-
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Instant;
 
 use bevy_helios::core::manifest::ModelManifest;
@@ -35,46 +26,56 @@ use ndarray::{Array3, Array5};
 
 type Error = Box<dyn std::error::Error>;
 
-struct Args {
+/// Flags of `fused-check`.
+#[derive(clap::Args, Debug)]
+#[command(args_override_self = true)]
+pub struct Args {
+    /// Model directory.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "tests/fixtures/helios-tiny-fused"
+    )]
     model: PathBuf,
+    /// The provider to check: `cuda`, or `cpu` (checks the CPU against itself).
+    #[arg(long, value_name = "P", default_value = "cuda")]
     provider: String,
+    /// Seed of the inputs.
+    #[arg(long, value_name = "N", default_value_t = 0)]
     seed: u64,
+    /// ⌊t⌋ given to every stage.
+    #[arg(
+        long,
+        value_name = "T",
+        default_value_t = 500,
+        allow_negative_numbers = true
+    )]
     timestep: i64,
+    /// Timed forwards per stage on the checked provider.
+    #[arg(long, value_name = "N", default_value_t = 10)]
     reps: usize,
+    /// Largest accepted max-abs difference over max |CPU value|.
+    #[arg(long, value_name = "X", default_value_t = 1e-4)]
     tolerance: f64,
-}
-
-fn parse_args() -> Result<Args, Error> {
-    let mut a = Args {
-        model: PathBuf::from("tests/fixtures/helios-tiny-fused"),
-        provider: "cuda".into(),
-        seed: 0,
-        timestep: 500,
-        reps: 10,
-        tolerance: 1e-4,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--model" => a.model = PathBuf::from(value()?),
-            "--provider" => a.provider = value()?,
-            "--seed" => a.seed = value()?.parse()?,
-            "--timestep" => a.timestep = value()?.parse()?,
-            "--reps" => a.reps = value()?.parse()?,
-            "--tolerance" => a.tolerance = value()?.parse()?,
-            other => return Err(format!("unknown flag {other} (see the file's header)").into()),
-        }
-    }
-    Ok(a)
 }
 
 fn random5(noise: &mut SeededNoise, shape: [usize; 5]) -> Array5<f32> {
     Array5::from_shape_fn(shape, |_| noise.normal() as f32)
 }
 
-fn main() -> Result<(), Error> {
-    let args = parse_args()?;
+/// Runs the check: exit status 1 (`Error: ...` on stderr) when a stage is out of tolerance or fails.
+pub fn run(args: Args) -> ExitCode {
+    match check(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // What `main` returning the error printed before.
+            eprintln!("Error: {e:?}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn check(args: &Args) -> Result<(), Error> {
     let manifest = ModelManifest::load(&args.model)?;
     let checked = match args.provider.as_str() {
         "cuda" => Provider::Cuda(CudaOptions::default()),

@@ -1,41 +1,23 @@
-//! GPU benchmark of the chunk loop: per-chunk time, generated FPS, time to first frame in both first-chunk
+//! `helios-tools gpu-bench`: GPU benchmark of the chunk loop: per-chunk time, generated FPS, time to first frame in both first-chunk
 //! modes, heap allocations per chunk, and (with a diffusers recording) how far our outputs are from the
 //! reference. Builds without Bevy; `tools/bench/side_by_side.sh` runs it next to diffusers on the device.
 //!
 //! Look at: the per-chunk lines, the summary line (steady ms, FPS, TTFF) and the JSON written by `--json`.
 //!
 //! ```sh
-//! cargo build --release --no-default-features --example gpu_bench
-//! target/release/examples/gpu_bench --model models/helios-tiny --provider cpu --loop device --chunks 3 \
+//! cargo build --release --no-default-features --features tools --bin helios-tools
+//! target/release/helios-tools gpu-bench --model models/helios-tiny --provider cpu --loop device --chunks 3 \
 //!     --inject-noise tests/fixtures/helios-tiny/t2v.safetensors --compare tests/fixtures/helios-tiny/t2v.safetensors
 //! ```
 //!
-//! Flags:
-//! - `--model DIR`          exported model directory (default `models/helios-tiny`)
-//! - `--chunks N`           chunks in the timed stream (default 3; the first is the first chunk)
-//! - `--provider P`         `cuda` (CUDA only), `trt` (TensorRT, needs `prepare`, then CUDA) or `cpu`
-//! - `--loop L`             `device` (IoBinding loop, the default) or `host` (the host sampler)
-//! - `--first-chunk M`      `amplify` (the reference's doubled first chunk, default) or `fast`
-//! - `--warmup N`           warm-up chunks on a throwaway stream, first chunk amplified (default 2)
-//! - `--ttff-reps N`        extra cold requests per first-chunk mode for time to first frame (default 1)
-//! - `--profile PREFIX`     ONNX Runtime profiling: one `PREFIX.<graph>_<time>.json` per session
-//! - `--json FILE`          write the results as JSON
-//! - `--inject-noise FILE`  take the timed stream's draws (and `prompt_embeds`) from a recording with
-//!   `chunk{k}.draw.latent_noise`, `chunk{k}.draw.block_noise_stage{1,2}` (tools/bench/README.md)
-//! - `--compare FILE`       compare each chunk's latents with `chunk{k}.result` and frames with `chunk{k}.rgba`
-//! - `--prompt NAME`        bank prompt when no `prompt_embeds` is injected (default: the bank's first)
-//! - `--seed N`             seed when no noise is injected (default 0)
-//! - `--strict-placement`   fail if ONNX Runtime would put any node on the CPU (GPU providers)
-//! - `--arena exact|double` how ONNX Runtime's CUDA arenas grow (`CudaOptions::arena_exact_growth`; default exact)
-//! - `--cuda-graph PATTERN` capture CUDA graphs for these graph keys (`dmd_step_*`, repeatable; measured in BENCHMARKS.md)
-//! - `--tf32 PATTERN=on|off` per-graph TF32 override (repeatable)
-//! - `--trt-cache DIR`      TensorRT engine cache for `--provider trt` (default `.trt-cache`)
-#![expect(clippy::print_stdout, reason = "a command-line tool reports on stdout")]
+//! `helios-tools gpu-bench --help` lists the flags. The allocation counter is the binary's global
+//! allocator (one relaxed atomic add per allocation, whatever the subcommand).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -49,6 +31,8 @@ use bevy_helios::core::sampler::{
     Decoder, Denoiser, Sampler, SamplerObserver, SamplerOptions, video_to_rgba,
 };
 use ndarray::{Array3, Array5};
+
+use crate::crate_path;
 
 /// Counts heap allocations of the process (ONNX Runtime's C++ code allocates outside Rust's allocator).
 struct CountingAlloc;
@@ -86,7 +70,76 @@ fn allocations() -> u64 {
 
 type Error = Box<dyn std::error::Error>;
 
-struct Args {
+/// Flags of `gpu-bench`.
+#[derive(clap::Args, Debug)]
+#[command(args_override_self = true)]
+pub struct Args {
+    /// Exported model directory.
+    #[arg(long, value_name = "DIR", default_value_os_t = crate_path("models/helios-tiny"))]
+    model: PathBuf,
+    /// Chunks in the timed stream (the first is the first chunk; at least 1).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    chunks: u64,
+    /// `cuda` (CUDA only), `trt` (TensorRT, needs `prepare`, then CUDA) or `cpu`.
+    #[arg(long, value_name = "P", default_value = "cuda")]
+    provider: String,
+    /// `device` (IoBinding loop) or `host` (the host sampler).
+    #[arg(long = "loop", value_name = "L", default_value = "device", value_parser = ["device", "host"])]
+    device_loop: String,
+    /// `amplify` (the reference's doubled first chunk) or `fast`.
+    #[arg(long, value_name = "M", default_value = "amplify", value_parser = ["amplify", "fast"])]
+    first_chunk: String,
+    /// Warm-up chunks on a throwaway stream, first chunk amplified.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    warmup: u64,
+    /// Extra cold requests per first-chunk mode for time to first frame.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    ttff_reps: u64,
+    /// ONNX Runtime profiling: one `PREFIX.<graph>_<time>.json` per session.
+    #[arg(long, value_name = "PREFIX")]
+    profile: Option<PathBuf>,
+    /// Write the results as JSON.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Take the timed stream's draws (and `prompt_embeds`) from a recording with
+    /// `chunk{k}.draw.latent_noise`, `chunk{k}.draw.block_noise_stage{1,2}` (tools/bench/README.md).
+    #[arg(long = "inject-noise", value_name = "FILE")]
+    inject: Option<PathBuf>,
+    /// Compare each chunk's latents with `chunk{k}.result` and frames with `chunk{k}.rgba`.
+    #[arg(long, value_name = "FILE")]
+    compare: Option<PathBuf>,
+    /// Bank prompt when no `prompt_embeds` is injected (default: the bank's first).
+    #[arg(long, value_name = "NAME")]
+    prompt: Option<String>,
+    /// Seed when no noise is injected.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    seed: u64,
+    /// Fail if ONNX Runtime would put any node on the CPU (GPU providers).
+    #[arg(long = "strict-placement")]
+    strict: bool,
+    /// How ONNX Runtime's CUDA arenas grow (`CudaOptions::arena_exact_growth`; default: its default, exact).
+    #[arg(long, value_name = "exact|double", value_parser = ["exact", "double"])]
+    arena: Option<String>,
+    /// Capture CUDA graphs for these graph keys (`dmd_step_*`; repeatable; measured in BENCHMARKS.md).
+    #[arg(long = "cuda-graph", value_name = "PATTERN")]
+    cuda_graph: Vec<String>,
+    /// Per-graph TF32 override (repeatable).
+    #[arg(long, value_name = "PATTERN=on|off", value_parser = parse_tf32)]
+    tf32: Vec<(String, bool)>,
+    /// TensorRT engine cache for `--provider trt`.
+    #[arg(long, value_name = "DIR", default_value = ".trt-cache")]
+    trt_cache: PathBuf,
+}
+
+fn parse_tf32(v: &str) -> Result<(String, bool), String> {
+    let (key, on) = v
+        .split_once('=')
+        .ok_or(format!("--tf32 PATTERN=on|off, not {v}"))?;
+    Ok((key.into(), on == "on"))
+}
+
+/// What the flags ask for.
+struct Bench {
     model: PathBuf,
     chunks: u64,
     provider: String,
@@ -106,83 +159,37 @@ struct Args {
     trt_cache: PathBuf,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut a = Args {
-        model: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/helios-tiny"),
-        chunks: 3,
-        provider: "cuda".into(),
-        device_loop: true,
-        amplify: true,
-        warmup: 2,
-        ttff_reps: 1,
-        profile: None,
-        json: None,
-        inject: None,
-        compare: None,
-        prompt: None,
-        seed: 0,
-        strict: false,
-        arena_exact: CudaOptions::default().arena_exact_growth,
-        graphs: BTreeMap::new(),
-        trt_cache: PathBuf::from(".trt-cache"),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
-        let num = |v: String| v.parse::<u64>().map_err(|e| format!("{flag}: {e}"));
-        match flag.as_str() {
-            "--model" => a.model = value()?.into(),
-            "--chunks" => a.chunks = num(value()?)?.max(1),
-            "--provider" => a.provider = value()?,
-            "--loop" => {
-                a.device_loop = match value()?.as_str() {
-                    "device" => true,
-                    "host" => false,
-                    other => return Err(format!("--loop device|host, not {other}")),
-                }
-            }
-            "--first-chunk" => {
-                a.amplify = match value()?.as_str() {
-                    "amplify" => true,
-                    "fast" => false,
-                    other => return Err(format!("--first-chunk amplify|fast, not {other}")),
-                }
-            }
-            "--warmup" => a.warmup = num(value()?)?,
-            "--ttff-reps" => a.ttff_reps = num(value()?)? as usize,
-            "--profile" => a.profile = Some(value()?.into()),
-            "--json" => a.json = Some(value()?.into()),
-            "--inject-noise" => a.inject = Some(value()?.into()),
-            "--compare" => a.compare = Some(value()?.into()),
-            "--prompt" => a.prompt = Some(value()?),
-            "--seed" => a.seed = num(value()?)?,
-            "--strict-placement" => a.strict = true,
-            "--arena" => {
-                a.arena_exact = match value()?.as_str() {
-                    "exact" => true,
-                    "double" => false,
-                    other => return Err(format!("--arena exact|double, not {other}")),
-                }
-            }
-            "--cuda-graph" => {
-                let key = value()?;
-                a.graphs.entry(key).or_default().cuda_graph = Some(true);
-            }
-            "--tf32" => {
-                let v = value()?;
-                let (key, on) = v
-                    .split_once('=')
-                    .ok_or(format!("--tf32 PATTERN=on|off, not {v}"))?;
-                a.graphs.entry(key.into()).or_default().tf32 = Some(on == "on");
-            }
-            "--trt-cache" => a.trt_cache = value()?.into(),
-            "-h" | "--help" => {
-                return Err("see the flags at the top of examples/gpu_bench.rs".into());
-            }
-            other => return Err(format!("unknown flag {other}")),
+impl From<Args> for Bench {
+    fn from(a: Args) -> Self {
+        let mut graphs = BTreeMap::<String, GraphOptions>::new();
+        for key in a.cuda_graph {
+            graphs.entry(key).or_default().cuda_graph = Some(true);
+        }
+        for (key, on) in a.tf32 {
+            graphs.entry(key).or_default().tf32 = Some(on);
+        }
+        Self {
+            model: a.model,
+            chunks: a.chunks.max(1),
+            provider: a.provider,
+            device_loop: a.device_loop == "device",
+            amplify: a.first_chunk == "amplify",
+            warmup: a.warmup,
+            ttff_reps: a.ttff_reps as usize,
+            profile: a.profile,
+            json: a.json,
+            inject: a.inject,
+            compare: a.compare,
+            prompt: a.prompt,
+            seed: a.seed,
+            strict: a.strict,
+            arena_exact: a
+                .arena
+                .map_or(CudaOptions::default().arena_exact_growth, |a| a == "exact"),
+            graphs,
+            trt_cache: a.trt_cache,
         }
     }
-    Ok(a)
 }
 
 /// A minimal JSON value for the report (no serde_json in the dependency tree of the core).
@@ -422,7 +429,7 @@ fn diff(a: &[f32], b: &[f32]) -> (f64, f64, f64, f64) {
     (max_abs, scale, (num / den.max(1e-30)).sqrt(), sum / n)
 }
 
-fn providers(args: &Args) -> Result<Vec<Provider>, String> {
+fn providers(args: &Bench) -> Result<Vec<Provider>, String> {
     let cuda = Provider::Cuda(CudaOptions {
         arena_exact_growth: args.arena_exact,
         ..CudaOptions::default()
@@ -441,10 +448,21 @@ fn providers(args: &Args) -> Result<Vec<Provider>, String> {
     })
 }
 
-fn main() -> Result<(), Error> {
-    let args = parse_args()?;
+/// Runs the benchmark: exit status 1 (`Error: ...` on stderr) when it fails.
+pub fn run(args: Args) -> ExitCode {
+    match bench(&Bench::from(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // What `main` returning the error printed before.
+            eprintln!("Error: {e:?}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn bench(args: &Bench) -> Result<(), Error> {
     let config = RuntimeConfig {
-        providers: providers(&args)?,
+        providers: providers(args)?,
         device_loop: if args.device_loop {
             DeviceLoopMode::On
         } else {

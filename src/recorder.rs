@@ -1,11 +1,16 @@
-//! Recording a screen: insert [`StreamRecorder`] on a screen entity and every frame it shows is
-//! written, on a background thread, as numbered PNG files or one animated GIF. Remove the component
-//! (or despawn the entity) to finish the file.
+//! Recording a screen: insert [`ScreenRecorder`] on a screen entity and every frame it shows is
+//! written, on a background thread, as numbered PNG files or one animated GIF.
+//!
+//! [`ScreenRecorder::stop`] ends the recording and lets the writer finish the file in the background.
+//! Removing the component, despawning the entity or exiting the app (an [`AppExit`] message, seen by
+//! [`finish_on_exit`] in `Last`) also stops it and then waits for the writer, at most
+//! [`FINISH_TIMEOUT`], so a GIF being written when the game quits is complete.
 
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use bevy::prelude::*;
 use crossbeam_channel::{Sender, TrySendError};
@@ -29,10 +34,17 @@ pub enum RecordFormat {
 /// Frames queued for the writer before new ones are dropped.
 const RECORD_QUEUE: usize = 64;
 
+/// How long exit and drop wait for a writer to finish its file (at most [`RECORD_QUEUE`] queued frames)
+/// before they give up, log it and leave the thread behind.
+pub const FINISH_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Records the frames a screen shows. The writer runs on its own thread; if it falls behind, frames
 /// are dropped and counted.
+///
+/// Dropping it (removing the component, despawning the screen, exiting) waits for the writer to finish
+/// the file, up to [`FINISH_TIMEOUT`]; call [`stop`](Self::stop) first to let it finish in the background.
 #[derive(Component, Debug)]
-pub struct StreamRecorder {
+pub struct ScreenRecorder {
     format: RecordFormat,
     tx: Option<Sender<(Vec<u8>, UVec2)>>,
     thread: Option<JoinHandle<()>>,
@@ -40,7 +52,11 @@ pub struct StreamRecorder {
     dropped: u64,
 }
 
-impl StreamRecorder {
+/// The old name of [`ScreenRecorder`].
+#[deprecated(since = "0.2.0", note = "renamed to `ScreenRecorder`")]
+pub type StreamRecorder = ScreenRecorder;
+
+impl ScreenRecorder {
     /// Starts a recording.
     pub fn start(format: RecordFormat) -> Self {
         let (tx, rx) = crossbeam_channel::bounded::<(Vec<u8>, UVec2)>(RECORD_QUEUE);
@@ -106,9 +122,40 @@ impl StreamRecorder {
         self.thread.as_ref().is_none_or(JoinHandle::is_finished)
     }
 
-    /// Stops recording; the writer finishes the file on its thread.
+    /// Stops recording; the writer finishes the file on its thread ([`is_finished`](Self::is_finished)
+    /// says when).
     pub fn stop(&mut self) {
         self.tx = None;
+    }
+
+    /// True once [`stop`](Self::stop) (or [`finish`](Self::finish)) was called or the writer failed.
+    pub fn is_stopped(&self) -> bool {
+        self.tx.is_none()
+    }
+
+    /// Stops recording and waits up to `timeout` for the writer to finish the file. Returns true when
+    /// it did (or there was no writer); false when it is still writing, which is logged.
+    pub fn finish(&mut self, timeout: Duration) -> bool {
+        self.tx = None;
+        let Some(thread) = self.thread.take() else {
+            return true;
+        };
+        let deadline = Instant::now() + timeout;
+        while !thread.is_finished() {
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    "helios: the recording to {:?} was not finished after {timeout:?}; it may be cut",
+                    self.format
+                );
+                self.thread = Some(thread);
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if thread.join().is_err() {
+            tracing::error!("helios: the writer of {:?} panicked", self.format);
+        }
+        true
     }
 
     /// Hands a shown frame to the writer (a copy: the original goes into the screen's image).
@@ -119,6 +166,26 @@ impl StreamRecorder {
             Err(TrySendError::Full(_)) => self.dropped += 1,
             Err(TrySendError::Disconnected(_)) => self.tx = None,
         }
+    }
+}
+
+impl Drop for ScreenRecorder {
+    fn drop(&mut self) {
+        self.finish(FINISH_TIMEOUT);
+    }
+}
+
+/// On [`AppExit`], stops every recording and waits for its file (each at most [`FINISH_TIMEOUT`]).
+/// Runs in `Last`, so frames shown in the exiting frame are in the file.
+pub(crate) fn finish_on_exit(
+    mut exit: MessageReader<AppExit>,
+    mut recorders: Query<&mut ScreenRecorder>,
+) {
+    if exit.read().last().is_none() {
+        return;
+    }
+    for mut recorder in &mut recorders {
+        recorder.finish(FINISH_TIMEOUT);
     }
 }
 

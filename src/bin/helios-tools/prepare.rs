@@ -1,24 +1,14 @@
-//! Builds a model's TensorRT engines ahead of time, so the game never builds them while loading.
+//! `helios-tools prepare`: builds a model's TensorRT engines ahead of time, so the game never builds them while loading.
 //!
 //! Look at: one line per graph with the seconds its engine took, then the record it leaves in the cache
 //! directory. Without TensorRT it says so, says which provider the game will use instead, and exits 2.
 //!
 //! ```sh
-//! cargo run --release --no-default-features --example prepare -- --model models/helios-tiny --cache trt-cache
+//! cargo run --release --no-default-features --features tools --bin helios-tools -- prepare \
+//!     --model models/helios-tiny --cache trt-cache
 //! ```
 //!
-//! Flags:
-//! - `--model DIR`       exported model directory (default `models/helios-tiny`)
-//! - `--cache DIR`       engine and timing cache directory (required; give the game the same one in
-//!   `TensorRtOptions::cache_dir`)
-//! - `--fp16` / `--no-fp16`  allow fp16 kernels (default on)
-//! - `--bf16`            allow bf16 kernels
-//! - `--workspace BYTES` TensorRT builder workspace limit
-//! - `--device N`        CUDA device (default 0)
-//!
 //! Exit status: 0 engines built, 1 bad arguments or model, 2 TensorRT unavailable.
-#![expect(clippy::print_stdout, reason = "a command-line tool reports on stdout")]
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -30,61 +20,63 @@ use bevy_helios::core::runtime::{
 };
 use bevy_helios::prelude::HeliosError;
 
-struct Args {
+use crate::crate_path;
+
+/// Flags of `prepare`.
+#[derive(clap::Args, Debug)]
+#[command(args_override_self = true)]
+pub struct Args {
+    /// Exported model directory.
+    #[arg(long, value_name = "DIR", default_value_os_t = crate_path("models/helios-tiny"))]
     model: PathBuf,
-    trt: TensorRtOptions,
+    /// Engine and timing cache directory; give the game the same one in `TensorRtOptions::cache_dir`.
+    #[arg(long, value_name = "DIR")]
+    cache: PathBuf,
+    /// Allow fp16 kernels (the default).
+    #[arg(long, overrides_with = "no_fp16")]
+    fp16: bool,
+    /// Don't allow fp16 kernels.
+    #[arg(long, overrides_with = "fp16")]
+    no_fp16: bool,
+    /// Allow bf16 kernels.
+    #[arg(long)]
+    bf16: bool,
+    /// TensorRT builder workspace limit.
+    #[arg(long, value_name = "BYTES")]
+    workspace: Option<usize>,
+    /// CUDA device.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    device: i32,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/helios-tiny");
-    let mut trt = TensorRtOptions::default();
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let mut value = || args.next().ok_or(format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--model" => model = PathBuf::from(value()?),
-            "--cache" => trt.cache_dir = Some(PathBuf::from(value()?)),
-            "--fp16" => trt.fp16 = true,
-            "--no-fp16" => trt.fp16 = false,
-            "--bf16" => trt.bf16 = true,
-            "--workspace" => {
-                trt.max_workspace_bytes = Some(value()?.parse().map_err(|e| format!("{e}"))?)
-            }
-            "--device" => trt.device_id = value()?.parse().map_err(|e| format!("{e}"))?,
-            "-h" | "--help" => {
-                return Err(
-                    "usage: prepare --model DIR --cache DIR [--bf16] [--no-fp16] \
-                            [--workspace BYTES] [--device N]"
-                        .into(),
-                );
-            }
-            other => return Err(format!("unknown flag {other} (see --help)")),
+impl Args {
+    /// The TensorRT options these flags ask for.
+    fn trt(&self) -> TensorRtOptions {
+        let defaults = TensorRtOptions::default();
+        TensorRtOptions {
+            device_id: self.device,
+            fp16: !self.no_fp16 && (self.fp16 || defaults.fp16),
+            bf16: self.bf16 || defaults.bf16,
+            max_workspace_bytes: self.workspace.or(defaults.max_workspace_bytes),
+            cache_dir: Some(self.cache.clone()),
+            ..defaults
         }
     }
-    if trt.cache_dir.is_none() {
-        return Err("--cache DIR is required: TensorRT keeps its engines there".into());
-    }
-    Ok(Args { model, trt })
 }
 
-fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(1);
-        }
-    };
-    let device_id = args.trt.device_id;
+/// Builds the engines: exit status 0 built, 1 bad model, 2 TensorRT unavailable.
+pub fn run(args: Args) -> ExitCode {
+    let trt = args.trt();
+    let device_id = trt.device_id;
     let config = RuntimeConfig {
-        providers: vec![Provider::TensorRt(args.trt.clone())],
+        providers: vec![Provider::TensorRt(trt)],
         device_loop: DeviceLoopMode::Off,
         ..RuntimeConfig::default()
     };
     println!(
         "preparing TensorRT engines for {} into {}",
         args.model.display(),
-        args.trt.cache_dir.clone().unwrap_or_default().display()
+        args.cache.display()
     );
     let mut progress = |event: PrepareProgress| match event {
         PrepareProgress::Started { index, total, key } => {
