@@ -76,7 +76,7 @@ pub mod prelude {
 
     #[cfg(feature = "inspector")]
     pub use crate::inspector::HeliosInspectorPlugin;
-    /// The old name of [`ScreenRecorder`](crate::recorder::ScreenRecorder).
+    /// The old name of [`ScreenRecorder`].
     #[cfg(feature = "plugin")]
     #[expect(deprecated, reason = "keeps the old name for one release")]
     pub use crate::recorder::StreamRecorder;

@@ -3,7 +3,7 @@
 //!
 //! [`ScreenRecorder::stop`] ends the recording and lets the writer finish the file in the background.
 //! Removing the component, despawning the entity or exiting the app (an [`AppExit`] message, seen by
-//! [`finish_on_exit`] in `Last`) also stops it and then waits for the writer, at most
+//! `finish_on_exit` in `Last`) also stops it and then waits for the writer, at most
 //! [`FINISH_TIMEOUT`], so a GIF being written when the game quits is complete.
 
 use std::fs::File;
@@ -34,7 +34,7 @@ pub enum RecordFormat {
 /// Frames queued for the writer before new ones are dropped.
 const RECORD_QUEUE: usize = 64;
 
-/// How long exit and drop wait for a writer to finish its file (at most [`RECORD_QUEUE`] queued frames)
+/// How long exit and drop wait for a writer to finish its file (at most `RECORD_QUEUE` queued frames)
 /// before they give up, log it and leave the thread behind.
 pub const FINISH_TIMEOUT: Duration = Duration::from_secs(10);
 
