@@ -11,9 +11,11 @@ use crate::cutscene::{
 use crate::diagnostics::{self, MainThreadCost};
 use crate::playout;
 use crate::recorder;
-use crate::screen::{self, HeliosStreams, VisibilityTracking};
+use crate::screen::{
+    self, HeliosScreen, HeliosStream, HeliosStreamStats, HeliosStreams, VisibilityTracking,
+};
 use crate::settings::{self, HeliosSettings};
-use crate::status::{HeliosLoadFailed, HeliosStatus, StreamFailed, WorkerCrashed};
+use crate::status::{HeliosLoadFailed, HeliosModelInfo, HeliosStatus, StreamFailed, WorkerCrashed};
 use crate::worker::{self, Arrivals, GeneratorLoad, StreamDemand, WorkerOutbox};
 
 /// The plugin's system sets, in frame order: Receive → Conditioning → Dispatch → Playout.
@@ -80,6 +82,21 @@ impl Plugin for HeliosPlugin {
             .init_resource::<MainThreadCost>()
             .init_resource::<PendingCutscenes>()
             .init_resource::<VisibilityTracking>()
+            // Reflection: inspectors, scenes and the remote protocol see screens, stats, settings and status.
+            .register_type::<HeliosScreen>()
+            .register_type::<HeliosStream>()
+            .register_type::<HeliosStreamStats>()
+            .register_type::<HeliosSettings>()
+            .register_type::<HeliosStatus>()
+            .register_type::<HeliosModelInfo>()
+            .register_type::<HeliosLoadFailed>()
+            .register_type::<StreamFailed>()
+            .register_type::<WorkerCrashed>()
+            .register_type::<PlayCutscene>()
+            .register_type::<SkipCutscene>()
+            .register_type::<CutsceneShotStarted>()
+            .register_type::<CutsceneFinished>()
+            .register_type::<CutsceneFailed>()
             .add_message::<HeliosLoadFailed>()
             .add_message::<StreamFailed>()
             .add_message::<WorkerCrashed>()

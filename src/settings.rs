@@ -13,7 +13,8 @@ use crate::backend::{HeliosBackend, LoadRequest, resolve_model_dir};
 use crate::core::runtime::{Provider, RuntimeConfig};
 
 /// Which components decide whether a screen is on screen (off-screen screens pause).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Reflect)]
+#[reflect(Debug, Default, PartialEq)]
 #[non_exhaustive]
 pub enum VisibilitySource {
     /// Read `ViewVisibility` (meshes) and `InheritedVisibility` (UI nodes) when Bevy's visibility
@@ -27,13 +28,17 @@ pub enum VisibilitySource {
 }
 
 /// Settings of the Helios plugin.
-#[derive(Resource, Clone, Debug)]
+///
+/// Reflected (for inspectors and the remote protocol) except `providers` and `backend`.
+#[derive(Resource, Clone, Debug, Reflect)]
+#[reflect(Resource, Default, Debug)]
 pub struct HeliosSettings {
     /// The exported model directory (default `models/helios-nano`, the small trained model; `models/helios-tiny`
     /// is the random-weight parity model). Relative paths are resolved against the working directory, then
     /// the executable's directory, then this crate's directory ([`resolve_model_dir`]).
     pub model_dir: PathBuf,
     /// Execution providers to try in order (default TensorRT, CUDA, CPU).
+    #[reflect(ignore)]
     pub providers: Vec<Provider>,
     /// CPU threads per graph (None: ONNX Runtime's default).
     pub intra_threads: Option<usize>,
@@ -60,6 +65,7 @@ pub struct HeliosSettings {
     /// How screens are found to be off screen.
     pub visibility: VisibilitySource,
     /// What the worker loads (ONNX Runtime by default).
+    #[reflect(ignore)]
     pub backend: HeliosBackend,
     /// Worker restarts after panics before the plugin gives up (status `Failed`).
     pub max_restarts: u32,

@@ -12,7 +12,10 @@ use crate::core::stream::StreamId;
 use crate::error::HeliosError;
 
 /// The state of the model behind every screen.
-#[derive(Resource, Clone, Debug, Default)]
+///
+/// Reflected as an opaque value (inspectors show its `Debug` text).
+#[derive(Resource, Clone, Debug, Default, Reflect)]
+#[reflect(opaque, Resource, Debug, Default)]
 #[non_exhaustive]
 pub enum HeliosStatus {
     /// The worker is loading the model (`stage` names the step; `progress` in 0..=1).
@@ -87,7 +90,8 @@ impl HeliosStatus {
 /// light up. Generation slower than playout is normal (the 14B model makes ~13 frames a second on an
 /// H100); screens then share the generator and play slower (see
 /// [`HeliosStreamStats::playout_fps`](crate::screen::HeliosStreamStats::playout_fps)).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Reflect)]
+#[reflect(Debug, PartialEq)]
 pub struct GenerationCapacity {
     /// Frames the model generates per second of worker time, all screens together.
     pub generated_fps: f32,
@@ -111,11 +115,13 @@ pub fn helios_ready(status: Option<Res<HeliosStatus>>) -> bool {
 }
 
 /// The loaded model's sizes, prompt names and provider (inserted when the model is ready).
-#[derive(Resource, Clone, Debug, Deref)]
+#[derive(Resource, Clone, Debug, Deref, Reflect)]
+#[reflect(opaque, Resource, Debug)]
 pub struct HeliosModelInfo(pub ModelInfo);
 
 /// The model could not be loaded (missing directory, corrupt file, no provider). Written once.
-#[derive(Message, Clone, Debug)]
+#[derive(Message, Clone, Debug, Reflect)]
+#[reflect(opaque, Debug)]
 pub struct HeliosLoadFailed {
     /// Why.
     pub error: Arc<HeliosError>,
@@ -123,7 +129,8 @@ pub struct HeliosLoadFailed {
 
 /// A stream could not open, change prompt, take an image or generate a chunk. The screen shows the
 /// fallback image until its prompt or seed changes.
-#[derive(Message, Clone, Debug)]
+#[derive(Message, Clone, Debug, Reflect)]
+#[reflect(opaque, Debug)]
 pub struct StreamFailed {
     /// The screen entity.
     pub entity: Entity,
@@ -134,7 +141,8 @@ pub struct StreamFailed {
 }
 
 /// The worker panicked during a job and restarted from the saved stream states.
-#[derive(Message, Clone, Debug)]
+#[derive(Message, Clone, Debug, Reflect)]
+#[reflect(Debug)]
 pub struct WorkerCrashed {
     /// The stream whose job panicked, if any.
     pub stream: Option<StreamId>,

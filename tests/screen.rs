@@ -237,3 +237,119 @@ fn a_new_seed_restarts_the_stream() -> Result<(), String> {
     );
     Ok(())
 }
+
+/// Screens, their stats, the settings, the status and the messages are registered for reflection, so an
+/// inspector, a scene or Bevy's remote protocol can read them, and edit a screen as a game would.
+#[test]
+fn screens_settings_status_and_messages_are_reflected() {
+    use bevy::ecs::reflect::{ReflectComponent, ReflectResource};
+    use bevy::reflect::{ReflectMut, ReflectRef};
+    use bevy_helios::cutscene::{CutsceneFailed, CutsceneFinished, CutsceneShotStarted};
+    use bevy_helios::screen::HeliosStream;
+    use std::any::TypeId;
+
+    let (mut app, _dir) = test_app(pattern_settings());
+    let screen = app
+        .world_mut()
+        .spawn(HeliosScreen::new(
+            PromptWeights::one("day").with("night", 0.5),
+        ))
+        .id();
+    app.update();
+
+    let registry = app.world().resource::<AppTypeRegistry>().clone();
+    let registry = registry.read();
+    let components = [
+        ("HeliosScreen", TypeId::of::<HeliosScreen>()),
+        ("HeliosStream", TypeId::of::<HeliosStream>()),
+        ("HeliosStreamStats", TypeId::of::<HeliosStreamStats>()),
+    ];
+    for (name, id) in components {
+        assert!(
+            registry.get_type_data::<ReflectComponent>(id).is_some(),
+            "{name} is not registered as a reflected component"
+        );
+    }
+    for (name, id) in [
+        ("HeliosSettings", TypeId::of::<HeliosSettings>()),
+        ("HeliosStatus", TypeId::of::<HeliosStatus>()),
+    ] {
+        assert!(
+            registry.get_type_data::<ReflectResource>(id).is_some(),
+            "{name} is not registered as a reflected resource"
+        );
+    }
+    for (name, id) in [
+        ("PlayCutscene", TypeId::of::<PlayCutscene>()),
+        ("SkipCutscene", TypeId::of::<SkipCutscene>()),
+        ("CutsceneShotStarted", TypeId::of::<CutsceneShotStarted>()),
+        ("CutsceneFinished", TypeId::of::<CutsceneFinished>()),
+        ("CutsceneFailed", TypeId::of::<CutsceneFailed>()),
+        ("StreamFailed", TypeId::of::<StreamFailed>()),
+        ("HeliosLoadFailed", TypeId::of::<HeliosLoadFailed>()),
+    ] {
+        assert!(registry.get(id).is_some(), "{name} is not registered");
+    }
+
+    // Read and edit the screen through reflection, as an inspector does.
+    let reflect_screen = registry
+        .get_type_data::<ReflectComponent>(TypeId::of::<HeliosScreen>())
+        .expect("registered above")
+        .clone();
+    drop(registry);
+    {
+        let entity = app.world().entity(screen);
+        let value = reflect_screen
+            .reflect(entity)
+            .expect("the entity has a screen");
+        let ReflectRef::Struct(fields) = value.reflect_ref() else {
+            panic!("HeliosScreen reflects as a struct");
+        };
+        let prompt = fields.field("prompt").expect("a `prompt` field");
+        let ReflectRef::TupleStruct(prompt) = prompt.reflect_ref() else {
+            panic!("PromptWeights reflects as a tuple struct");
+        };
+        let ReflectRef::Map(weights) = prompt.field(0).expect("the weights").reflect_ref() else {
+            panic!("the weights reflect as a map");
+        };
+        let night = weights
+            .get(&"night".to_string())
+            .and_then(|w| w.try_downcast_ref::<f32>())
+            .copied();
+        assert_eq!(night, Some(0.5), "the `night` weight read by reflection");
+    }
+    {
+        let entity = app.world_mut().entity_mut(screen);
+        let mut value = reflect_screen
+            .reflect_mut(entity)
+            .expect("the entity has a screen");
+        let ReflectMut::Struct(fields) = value.reflect_mut() else {
+            panic!("HeliosScreen reflects as a struct");
+        };
+        fields
+            .field_mut("paused")
+            .expect("a `paused` field")
+            .apply(&true);
+    }
+    assert!(
+        app.world().get::<HeliosScreen>(screen).unwrap().paused,
+        "the screen was paused through reflection"
+    );
+
+    // Settings reflect field by field; the status as an opaque value that prints.
+    let settings: &dyn Reflect = app.world().resource::<HeliosSettings>();
+    let ReflectRef::Struct(fields) = settings.reflect_ref() else {
+        panic!("HeliosSettings reflects as a struct");
+    };
+    assert_eq!(
+        fields
+            .field("playout_fps")
+            .and_then(|v| v.try_downcast_ref::<f32>()),
+        Some(&24.0)
+    );
+    let status: &dyn Reflect = app.world().resource::<HeliosStatus>();
+    assert!(
+        matches!(status.reflect_ref(), ReflectRef::Opaque(_)),
+        "HeliosStatus reflects as an opaque value"
+    );
+}

@@ -176,6 +176,8 @@ pub fn blend(
 /// Weights over prompts: names of a model's bank or, for a model with a text encoder, any text
 /// (see [`crate::core::text`]). A single prompt is `PromptWeights::one("day")`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+// Reflect only with the Bevy layer: the core itself never needs Bevy.
+#[cfg_attr(feature = "plugin", derive(bevy::reflect::Reflect))]
 pub struct PromptWeights(pub BTreeMap<String, f32>);
 
 impl PromptWeights {

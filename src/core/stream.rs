@@ -9,6 +9,8 @@ use crate::error::{HeliosError, echo};
 
 /// Identifies one stream (a screen, a cutscene) inside a runtime.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+// Reflect only with the Bevy layer: the core itself never needs Bevy.
+#[cfg_attr(feature = "plugin", derive(bevy::reflect::Reflect))]
 pub struct StreamId(pub u64);
 
 /// Everything needed to continue a stream exactly: seed and RNG position, chunk index, the history

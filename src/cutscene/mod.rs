@@ -29,7 +29,8 @@ use crate::status::HeliosModelInfo;
 /// Every request ends with a [`CutsceneFinished`]: a `Failed` outcome, with the cause, if its asset fails to
 /// load, is still loading after [`HeliosSettings::cutscene_load_timeout`], or is a handle nothing loads
 /// (`Handle::default()`, a removed asset; after a one-second grace).
-#[derive(Message, Clone, Debug)]
+#[derive(Message, Clone, Debug, Reflect)]
+#[reflect(Debug)]
 pub struct PlayCutscene {
     /// The cutscene asset (it may still be loading).
     pub cutscene: Handle<Cutscene>,
@@ -75,11 +76,13 @@ impl PlayCutscene {
 }
 
 /// Ends every playing skippable cutscene now.
-#[derive(Message, Clone, Copy, Debug, Default)]
+#[derive(Message, Clone, Copy, Debug, Default, Reflect)]
+#[reflect(Debug, Default)]
 pub struct SkipCutscene;
 
 /// A shot's first frame is on screen.
-#[derive(Message, Clone, Debug)]
+#[derive(Message, Clone, Debug, Reflect)]
+#[reflect(Debug)]
 pub struct CutsceneShotStarted {
     /// The player entity (fullscreen node).
     pub entity: Entity,
@@ -94,7 +97,8 @@ pub struct CutsceneShotStarted {
 }
 
 /// How a cutscene ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Reflect)]
+#[reflect(Debug, PartialEq)]
 #[non_exhaustive]
 pub enum CutsceneOutcome {
     /// Every shot played.
@@ -107,7 +111,8 @@ pub enum CutsceneOutcome {
 
 /// A cutscene ended. Written as a message and triggered as an entity event on
 /// [`PlayCutscene::target`] (or the player entity).
-#[derive(Message, EntityEvent, Clone, Debug)]
+#[derive(Message, EntityEvent, Clone, Debug, Reflect)]
+#[reflect(Debug)]
 pub struct CutsceneFinished {
     /// The target entity.
     pub entity: Entity,
@@ -118,7 +123,8 @@ pub struct CutsceneFinished {
 }
 
 /// A cutscene file could not be loaded or reloaded.
-#[derive(Message, Clone, Debug)]
+#[derive(Message, Clone, Debug, Reflect)]
+#[reflect(Debug)]
 pub struct CutsceneFailed {
     /// The asset path, if known.
     pub path: Option<String>,

@@ -45,7 +45,8 @@ use crate::worker::{ToWorker, WorkerOutbox};
 /// Edit this component; the plugin only writes [`HeliosStream`] and [`HeliosStreamStats`], so your
 /// `Changed<HeliosScreen>` filters fire for your own edits only. A new `prompt` shows in the next
 /// generated chunk (blended over `crossfade_chunks`); a new `seed` restarts the stream (fresh history).
-#[derive(Component, Clone, Debug, PartialEq)]
+#[derive(Component, Clone, Debug, PartialEq, Reflect)]
+#[reflect(Component, Default, Debug, PartialEq)]
 #[require(HeliosStream, HeliosStreamStats)]
 pub struct HeliosScreen {
     /// Prompt weights over the model's prompt bank.
@@ -102,7 +103,8 @@ impl HeliosScreen {
 }
 
 /// What a screen's image shows right now.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Reflect)]
+#[reflect(Debug, Default, PartialEq)]
 #[non_exhaustive]
 pub enum Showing {
     /// The waiting pattern (model loading, first chunk not here yet).
@@ -115,13 +117,17 @@ pub enum Showing {
 }
 
 /// The plugin's per-screen state (required by [`HeliosScreen`]; written only by the plugin).
-#[derive(Component, Debug, Default)]
+///
+/// Reflected read-mostly for inspectors: the frame queue, timers and failure are not reflected.
+#[derive(Component, Debug, Default, Reflect)]
+#[reflect(Component, Default, Debug)]
 pub struct HeliosStream {
     pub(crate) id: Option<StreamId>,
     pub(crate) image: Handle<Image>,
     pub(crate) opened_seed: u64,
     pub(crate) sent_prompt: Option<(PromptWeights, u32)>,
     pub(crate) sent_image: Option<AssetId<Image>>,
+    #[reflect(ignore)]
     pub(crate) queue: VecDeque<Vec<u8>>,
     pub(crate) frame_size: UVec2,
     pub(crate) chunks_received: u64,
@@ -135,11 +141,14 @@ pub struct HeliosStream {
     /// Playout seconds at which a due frame was missing (the screen has been frozen since).
     pub(crate) frozen_since: Option<f64>,
     /// Chunk arrivals of the last [`SUSTAINED_WINDOW`]: (real seconds, frames).
+    #[reflect(ignore)]
     pub(crate) arrivals: VecDeque<(f64, usize)>,
     pub(crate) on_screen: bool,
     pub(crate) apparent_size: f32,
+    #[reflect(ignore)]
     pub(crate) failed: Option<Arc<HeliosError>>,
     pub(crate) showing: Showing,
+    #[reflect(ignore)]
     pub(crate) opened_at: Option<Instant>,
     pub(crate) first_frame_pending: bool,
     /// Reopen the stream (fresh history) at the next sync, even with the same seed.
@@ -227,7 +236,8 @@ impl HeliosStream {
 }
 
 /// Where a screen's stream is.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Reflect)]
+#[reflect(Debug, Default, PartialEq)]
 #[non_exhaustive]
 pub enum StreamState {
     /// Waiting for the model or the first chunk.
@@ -244,7 +254,8 @@ pub enum StreamState {
 }
 
 /// Per-screen metrics (required by [`HeliosScreen`]; the inspector shows them).
-#[derive(Component, Clone, Debug, Default)]
+#[derive(Component, Clone, Debug, Default, Reflect)]
+#[reflect(Component, Default, Debug)]
 pub struct HeliosStreamStats {
     /// Where the stream is.
     pub state: StreamState,

@@ -17,10 +17,13 @@
 //!   hidden and paused streams get nothing and keep their history.
 
 use super::protocol::ChunkRequest;
+use bevy::reflect::{Reflect, std_traits::ReflectDefault};
+
 use crate::core::stream::StreamId;
 
 /// How urgently a screen's stream gets the generator.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Reflect)]
+#[reflect(Debug, Default, PartialEq)]
 pub enum StreamPriority {
     /// Decoration: the smallest share.
     Background,
