@@ -109,9 +109,10 @@ fn main() {
     if let Err(reason) = run() {
         warn(&format!(
             "ONNX Runtime {ORT_VERSION} was not placed beside the binaries: {reason}. Built programs will \
-             not start a model until it is there: rebuild with network access and Python 3 + pip, or set \
-             ORT_DYLIB_PATH to the library file (libonnxruntime.so.{ORT_VERSION} / \
-             libonnxruntime.{ORT_VERSION}.dylib / onnxruntime.dll) at run time"
+             not start a model until it is there: with network access and Python 3 + pip, run `cargo \
+             clean -p bevy_helios` and build again, or set ORT_DYLIB_PATH to the library file \
+             (libonnxruntime.so.{ORT_VERSION} / libonnxruntime.{ORT_VERSION}.dylib / onnxruntime.dll) at \
+             run time"
         ));
     }
 }
@@ -141,8 +142,7 @@ fn run() -> Result<(), String> {
             ));
         }
         Err(_) => {
-            // Until a fetch succeeds, watch the missing directory: cargo retries on the next build.
-            println!("cargo:rerun-if-changed={}", dest.display());
+            // Not retried on every build while offline: each retry would also recompile the crate.
             fetch(pin, &root, &dest)?;
             verified(&dest)?
         }
@@ -304,11 +304,12 @@ fn fetch(pin: &Pin, root: &Path, dest: &Path) -> Result<(), String> {
 
 fn fetch_into(pin: &Pin, staging: &Path, dest: &Path) -> Result<(), String> {
     let spec = format!("{}=={ORT_VERSION}", pin.package);
-    warn(&format!(
+    // Not a warning: cargo replays those on every build. Shown with `cargo build -vv`.
+    println!(
         "fetching {spec} ({}) from PyPI into {} (once)",
         pin.platform,
         dest.display()
-    ));
+    );
     let wheels = staging.join("wheel");
     let out = run_python(&[
         "-m".as_ref(),
