@@ -68,7 +68,7 @@ pub enum HeliosError {
     /// A free-text prompt is empty or only whitespace.
     #[error("the prompt text is empty")]
     EmptyPrompt,
-    /// The ONNX Runtime library could not be found, fetched or loaded.
+    /// The ONNX Runtime library could not be found or loaded.
     #[error("ONNX Runtime is unavailable: {0}")]
     RuntimeUnavailable(String),
     /// An execution provider could not be registered (missing library, no device, failed engine build).

@@ -492,3 +492,47 @@ fn cuda_arenas_grow_exactly_unless_configured_otherwise() -> TestResult {
     assert!(!doubling.arena_exact_growth);
     Ok(())
 }
+
+/// Set in the child process of [`onnx_runtime_comes_from_beside_the_binary_with_no_python`].
+const NO_PYTHON_CHILD: &str = "HELIOS_TEST_NO_PYTHON_CHILD";
+
+/// A game finds ONNX Runtime beside its executable (build.rs put it beside this test binary) and needs
+/// neither Python nor the network: rerun in a child with an empty `PATH`, no `HOME` and no cache, the tiny
+/// model still loads on the CPU and the library is the one beside the binary.
+#[test]
+fn onnx_runtime_comes_from_beside_the_binary_with_no_python() -> TestResult {
+    if std::env::var_os(NO_PYTHON_CHILD).is_some() {
+        let lib = bevy_helios::core::runtime::dylib::locate()?;
+        assert_eq!(
+            lib.source,
+            bevy_helios::core::runtime::OrtSource::BesideExecutable,
+            "the library should be found beside the binary, found {}",
+            lib.path.display()
+        );
+        let mut model = HeliosModel::load(common::tiny_model_dir(), &RuntimeConfig::cpu())?;
+        let mut stream = model.new_stream(&StreamConfig::new(PromptWeights::one("day"), 1))?;
+        model.next_chunk(&mut stream)?;
+        return Ok(());
+    }
+    if std::env::var_os("ORT_DYLIB_PATH").is_some() {
+        eprintln!("ORT_DYLIB_PATH is set: build.rs placed nothing, skipping");
+        return Ok(());
+    }
+    let name = "onnx_runtime_comes_from_beside_the_binary_with_no_python";
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .args([name, "--exact", "--test-threads=1"])
+        .env(NO_PYTHON_CHILD, "1")
+        .env("PATH", "")
+        .env_remove("HOME")
+        .env_remove("XDG_CACHE_HOME")
+        .env_remove("HELIOS_ORT_CACHE")
+        .env_remove("LD_LIBRARY_PATH")
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "the model should load with no Python on PATH and no cache:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}

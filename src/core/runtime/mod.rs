@@ -31,7 +31,11 @@ static ENVIRONMENT: OnceLock<Result<(ort::environment::Environment, OrtLibrary),
 pub fn environment() -> Result<ort::environment::Environment, HeliosError> {
     ENVIRONMENT
         .get_or_init(|| {
-            let lib = dylib::locate().map_err(|e| e.to_string())?;
+            // The message alone: the error is wrapped in `RuntimeUnavailable` again below.
+            let lib = dylib::locate().map_err(|e| match e {
+                HeliosError::RuntimeUnavailable(message) => message,
+                other => other.to_string(),
+            })?;
             let env = ort::init_from(&lib.path)
                 .map_err(|e| format!("loading {} failed: {e}", lib.path.display()))?
                 .with_name("bevy_helios")
