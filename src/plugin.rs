@@ -25,7 +25,7 @@ pub enum HeliosSystems {
     /// `PreUpdate`: worker replies become status, messages and queued frames. Read
     /// [`HeliosStatus`] and [`StreamFailed`] after it.
     Receive,
-    /// `Update`: conditioning systems and cutscenes write [`HeliosScreen`](crate::screen::HeliosScreen)s.
+    /// `Update`: conditioning systems and cutscenes write [`HeliosScreen`]s.
     /// Put systems that compute game state for conditioning before it.
     Conditioning,
     /// `PostUpdate`, after `VisibilitySystems::CheckVisibility`: screens are measured, their streams
