@@ -150,6 +150,7 @@ impl Plugin for HeliosPlugin {
                     .chain()
                     .in_set(HeliosSystems::Playout),
             )
+            .init_resource::<recorder::FinishingRecordings>()
             .add_systems(Last, recorder::finish_on_exit)
             .add_observer(screen::open_stream)
             .add_observer(screen::close_stream);

@@ -2,9 +2,10 @@
 //! written, on a background thread, as numbered PNG files or one animated GIF.
 //!
 //! [`ScreenRecorder::stop`] ends the recording and lets the writer finish the file in the background.
-//! Removing the component, despawning the entity or exiting the app (an [`AppExit`] message, seen by
-//! `finish_on_exit` in `Last`) also stops it and then waits for the writer, at most
-//! [`FINISH_TIMEOUT`], so a GIF being written when the game quits is complete.
+//! Removing the component or despawning the entity during play does the same (the frame never waits for
+//! the writer). Exiting the app (an [`AppExit`] message, seen by `finish_on_exit` in `Last`) stops every
+//! recording and waits for every writer, removed ones included, at most [`FINISH_TIMEOUT`] each, so a GIF
+//! being written when the game quits is complete; so does dropping the app.
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -12,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use bevy::ecs::lifecycle::HookContext;
+use bevy::ecs::world::DeferredWorld;
 use bevy::prelude::*;
 use crossbeam_channel::{Sender, TrySendError};
 use image::codecs::gif::{GifEncoder, Repeat};
@@ -41,9 +44,11 @@ pub const FINISH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Records the frames a screen shows. The writer runs on its own thread; if it falls behind, frames
 /// are dropped and counted.
 ///
-/// Dropping it (removing the component, despawning the screen, exiting) waits for the writer to finish
-/// the file, up to [`FINISH_TIMEOUT`]; call [`stop`](Self::stop) first to let it finish in the background.
+/// Removing the component or despawning the screen with the plugin running stops the recording and lets
+/// the writer finish in the background (exit waits for it). Dropping it otherwise (a dropped app, no
+/// plugin) waits for the writer to finish the file, up to [`FINISH_TIMEOUT`].
 #[derive(Component, Debug)]
+#[component(on_remove = hand_over_writer)]
 pub struct ScreenRecorder {
     format: RecordFormat,
     tx: Option<Sender<(Vec<u8>, UVec2)>>,
@@ -140,22 +145,8 @@ impl ScreenRecorder {
         let Some(thread) = self.thread.take() else {
             return true;
         };
-        let deadline = Instant::now() + timeout;
-        while !thread.is_finished() {
-            if Instant::now() >= deadline {
-                tracing::warn!(
-                    "helios: the recording to {:?} was not finished after {timeout:?}; it may be cut",
-                    self.format
-                );
-                self.thread = Some(thread);
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        if thread.join().is_err() {
-            tracing::error!("helios: the writer of {:?} panicked", self.format);
-        }
-        true
+        self.thread = join_within(&self.format, thread, timeout);
+        self.thread.is_none()
     }
 
     /// Hands a shown frame to the writer (a copy: the original goes into the screen's image).
@@ -175,11 +166,82 @@ impl Drop for ScreenRecorder {
     }
 }
 
-/// On [`AppExit`], stops every recording and waits for its file (each at most [`FINISH_TIMEOUT`]).
-/// Runs in `Last`, so frames shown in the exiting frame are in the file.
+/// Waits up to `timeout` for a writer thread; returns it when it is still writing (logged).
+fn join_within(
+    format: &RecordFormat,
+    thread: JoinHandle<()>,
+    timeout: Duration,
+) -> Option<JoinHandle<()>> {
+    let deadline = Instant::now() + timeout;
+    while !thread.is_finished() {
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                "helios: the recording to {format:?} was not finished after {timeout:?}; it may be cut"
+            );
+            return Some(thread);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    if thread.join().is_err() {
+        tracing::error!("helios: the writer of {format:?} panicked");
+    }
+    None
+}
+
+/// Writers of recorders removed during play, finishing their files in the background; exit (or
+/// dropping the app) waits for them.
+#[derive(Resource, Default)]
+pub(crate) struct FinishingRecordings(Vec<(RecordFormat, JoinHandle<()>)>);
+
+impl FinishingRecordings {
+    /// Waits for every writer, each at most `timeout`.
+    fn finish_all(&mut self, timeout: Duration) {
+        for (format, thread) in self.0.drain(..) {
+            join_within(&format, thread, timeout);
+        }
+    }
+}
+
+impl Drop for FinishingRecordings {
+    fn drop(&mut self) {
+        self.finish_all(FINISH_TIMEOUT);
+    }
+}
+
+/// `on_remove` of [`ScreenRecorder`]: a recorder removed during play (component removed, screen
+/// despawned) must not stall the frame while its writer encodes what is queued, so its writer moves to
+/// [`FinishingRecordings`]. Without that resource (no plugin) the recorder's `Drop` waits as before.
+fn hand_over_writer(mut world: DeferredWorld, ctx: HookContext) {
+    if !world.contains_resource::<FinishingRecordings>() {
+        return;
+    }
+    let Some(mut recorder) = world.get_mut::<ScreenRecorder>(ctx.entity) else {
+        return;
+    };
+    recorder.stop();
+    let Some(thread) = recorder.thread.take() else {
+        return;
+    };
+    let format = recorder.format.clone();
+    let mut finishing = world.resource_mut::<FinishingRecordings>();
+    // Writers that are done are joined now, so the list holds only the ones still writing.
+    let (done, writing) = std::mem::take(&mut finishing.0)
+        .into_iter()
+        .partition::<Vec<_>, _>(|(_, t)| t.is_finished());
+    finishing.0 = writing;
+    finishing.0.push((format, thread));
+    for (format, thread) in done {
+        join_within(&format, thread, Duration::ZERO);
+    }
+}
+
+/// On [`AppExit`], stops every recording and waits for its file and for the writers of removed
+/// recorders (each at most [`FINISH_TIMEOUT`]). Runs in `Last`, so frames shown in the exiting frame are
+/// in the file.
 pub(crate) fn finish_on_exit(
     mut exit: MessageReader<AppExit>,
     mut recorders: Query<&mut ScreenRecorder>,
+    mut finishing: ResMut<FinishingRecordings>,
 ) {
     if exit.read().last().is_none() {
         return;
@@ -187,6 +249,7 @@ pub(crate) fn finish_on_exit(
     for mut recorder in &mut recorders {
         recorder.finish(FINISH_TIMEOUT);
     }
+    finishing.finish_all(FINISH_TIMEOUT);
 }
 
 fn io_err(e: impl std::fmt::Display) -> std::io::Error {
@@ -230,4 +293,32 @@ fn write_gif(
         n += 1;
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recorder_removed_during_play_hands_its_writer_over_instead_of_waiting() {
+        let path = std::env::temp_dir().join(format!("helios-recorder-{}.gif", std::process::id()));
+        let mut world = World::new();
+        world.init_resource::<FinishingRecordings>();
+        let mut recorder = ScreenRecorder::gif(&path, 24.0);
+        for _ in 0..4 {
+            recorder.push(&[128u8; 16 * 16 * 4], UVec2::new(16, 16));
+        }
+        let e = world.spawn(recorder).id();
+        world.despawn(e);
+        let finishing = world.resource::<FinishingRecordings>();
+        assert_eq!(
+            finishing.0.len(),
+            1,
+            "the despawn moved the writer to FinishingRecordings rather than joining it"
+        );
+        world
+            .resource_mut::<FinishingRecordings>()
+            .finish_all(FINISH_TIMEOUT);
+        let _ = std::fs::remove_file(&path);
+    }
 }

@@ -93,3 +93,25 @@ fn a_gif_is_complete_right_after_the_app_is_dropped() -> Result<(), String> {
     );
     Ok(())
 }
+
+#[test]
+fn a_gif_removed_during_play_is_complete_after_app_exit() -> Result<(), String> {
+    let path = gif_path("removed");
+    let (mut app, e) = recording_app(&path)?;
+    let sent = app
+        .world()
+        .get::<ScreenRecorder>(e)
+        .ok_or("no recorder")?
+        .frames();
+    // The screen goes away during play: its writer finishes in the background.
+    app.world_mut().despawn(e);
+    app.update();
+    app.world_mut().write_message(AppExit::Success);
+    app.update();
+    let decoded = decoded_frames(&path)?;
+    assert_eq!(
+        decoded as u64, sent,
+        "exit waited for the writer of the removed recorder"
+    );
+    Ok(())
+}
